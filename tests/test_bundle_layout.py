@@ -1,0 +1,94 @@
+"""The repository is a MONAI bundle: layout, metadata and the installed package."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Fields the MONAI bundle specification asks of configs/metadata.json.
+REQUIRED_METADATA_FIELDS = (
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "optional_packages_version",
+    "name",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "data_source",
+    "data_type",
+    "image_classes",
+    "label_classes",
+    "pred_classes",
+    "eval_metrics",
+    "intended_use",
+    "references",
+    "network_data_format",
+)
+
+
+def _metadata() -> dict:
+    with open(ROOT / "configs" / "metadata.json") as f:
+        return json.load(f)
+
+
+def test_metadata_has_spec_fields() -> None:
+    meta = _metadata()
+    missing = [k for k in REQUIRED_METADATA_FIELDS if k not in meta]
+    assert not missing, f"configs/metadata.json lacks {missing}"
+    assert meta["version"] in meta["changelog"], "the current version needs a changelog entry"
+    fmt = meta["network_data_format"]
+    assert set(fmt) >= {"inputs", "outputs"}
+    for group in ("inputs", "outputs"):
+        for name, desc in fmt[group].items():
+            assert len(desc["channel_def"]) == desc["num_channels"], f"{group}.{name}: channel_def size"
+
+
+def test_metadata_versions_match_installed() -> None:
+    import monai
+    import numpy
+    import torch
+
+    meta = _metadata()
+    # The bundle states the versions it was built with; a mismatch of the major.minor of the
+    # libraries that define the config syntax and the weights format is worth failing on.
+    assert monai.__version__.split(".")[:2] == meta["monai_version"].split(".")[:2]
+    assert torch.__version__.split("+")[0].split(".")[:2] == meta["pytorch_version"].split(".")[:2]
+    assert numpy.__version__.split(".")[0] == meta["numpy_version"].split(".")[0]
+
+
+def test_root_metadata_is_a_symlink_to_configs() -> None:
+    root_meta = ROOT / "metadata.json"
+    assert root_meta.is_symlink(), "metadata.json must be a symlink, not a copy"
+    assert os.path.realpath(root_meta) == os.path.realpath(ROOT / "configs" / "metadata.json")
+
+
+def test_monai_verifies_metadata_schema_fields() -> None:
+    # MONAI's own parser must read the metadata (this is what `monai.bundle run` loads).
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_meta(str(ROOT / "configs" / "metadata.json"))
+    assert parser.get("_meta_#network_data_format#inputs#image#num_channels") == 3
+
+
+@pytest.mark.parametrize("sub", ["networks", "transforms", "data", "metrics", "engines"])
+def test_package_imports(sub: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(f"bundle.{sub}")
+    assert mod.__name__ == f"bundle.{sub}"
+
+
+def test_layout() -> None:
+    for path in ("configs/logging.conf", "LICENSE", "README.md", "docs/README.md", "docs/data_license.txt"):
+        assert (ROOT / path).is_file(), f"missing {path}"
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
