@@ -364,3 +364,20 @@ def test_trained_mae_highlights_lesions(tmp_path: Path, single_thread: None) -> 
         mean_in, mean_out = torch.cat(inside[r]).mean().item(), torch.cat(outside[r]).mean().item()
         # measured: 2.38 (ratio 0.50) and 2.43 (ratio 0.75) times the mean outside the lesions
         assert mean_in > 1.5 * mean_out, (r, mean_in, mean_out)
+
+
+def test_pad_to_square_matches_padded_volume(mae: MaskedAutoencoderViT) -> None:
+    # Non-square slices are zero-padded to a square (the MAE pre-training's geometry) before the
+    # resize: the maps must equal those of the explicitly padded volume, cropped back.
+    image = _volume((1, 40, 48, 3))  # 40 x 48 slices: 4 rows of zeros above and below
+    masks = draw_residual_masks(mae.num_patches, 3, (0.5, 0.75), 2, "random", torch.Generator().manual_seed(1))
+    maps = compute_residual_maps(mae, image, masks, pad_to_square=True)
+    padded = F.pad(image, (0, 0, 0, 0, 4, 4))
+    expected = compute_residual_maps(mae, padded, masks, pad_to_square=False)[:, 4:44]
+    assert maps.shape == (2, 40, 48, 3)
+    torch.testing.assert_close(maps, expected, rtol=0, atol=1e-6)
+    reference = residual_maps_reference(mae, image, masks, pad_to_square=True)
+    torch.testing.assert_close(maps, reference, rtol=1e-5, atol=1e-5)
+    # without padding the slices are stretched: a different geometry, different maps
+    stretched = compute_residual_maps(mae, image, masks, pad_to_square=False)
+    assert not torch.allclose(maps, stretched, atol=1e-4)

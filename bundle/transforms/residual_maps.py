@@ -261,6 +261,7 @@ class _Prepared:
         foreground_threshold: float | None,
         device: torch.device | str | None,
         name: str,
+        pad_to_square: bool = True,
     ) -> None:
         self.mae = _check_mae(mae)
         tensor = _as_image(image, name, mae.in_channels)
@@ -270,6 +271,16 @@ class _Prepared:
         slices, self.dim = _to_slices(tensor, _check_slice_axis(slice_axis))
         if clip_range is not None:
             slices = slices.clamp(float(clip_range[0]), float(clip_range[1]))
+        # The MAE is pre-trained on slices zero-padded to a square before the resize
+        # (ResizeSliced, configs/train_mae.json): the same geometry here keeps the anatomy's
+        # aspect ratio the MAE learnt; the maps are cropped back to the slice in result().
+        self.crop: tuple[slice, slice] | None = None
+        if pad_to_square and slices.shape[-2] != slices.shape[-1]:
+            h, w = slices.shape[-2:]
+            side = max(h, w)
+            top, left = (side - h) // 2, (side - w) // 2
+            slices = F.pad(slices, (left, side - w - left, top, side - h - top))
+            self.crop = (slice(top, top + h), slice(left, left + w))
         self.slices = slices.to(self.device)  # (S, C, a, b)
         num_slices, num_patches = slices.shape[0], self.grid[0] * self.grid[1]
         if (
@@ -294,7 +305,8 @@ class _Prepared:
 
     def result(self) -> torch.Tensor:
         """``(R, *spatial)`` float32 on the CPU."""
-        return _from_slices(self.maps, self.dim).cpu()
+        maps = self.maps if self.crop is None else self.maps[..., self.crop[0], self.crop[1]]
+        return _from_slices(maps.contiguous(), self.dim).cpu()
 
 
 # ------------------------------------------------------------------------------------- functions
@@ -341,6 +353,7 @@ def compute_residual_maps(
     amp: bool = False,
     device: torch.device | str | None = None,
     name: str = "image",
+    pad_to_square: bool = True,
 ) -> torch.Tensor:
     """
     Residual maps of one image, all (pass, slice) reconstructions of a ratio batched (module docstring).
@@ -360,6 +373,8 @@ def compute_residual_maps(
         amp: autocast the MAE forward (float16 on CUDA, bfloat16 on CPU).
         device: where the MAE runs; default the MAE's device.
         name: the image's name in error messages.
+        pad_to_square: zero-pad non-square slices to a square before resizing them to the MAE
+            size (as the MAE pre-training does), crop the maps back afterwards.
 
     Returns:
         ``(R, *spatial)`` float32 on the CPU.
@@ -367,7 +382,8 @@ def compute_residual_maps(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     prep = _Prepared(
-        mae, image, masks, slice_axis, mae_input_size, clip_range, foreground_threshold, device, name
+        mae, image, masks, slice_axis, mae_input_size, clip_range, foreground_threshold, device, name,
+        pad_to_square,
     )
     num_kept = int(prep.keep.numel())
     if num_kept == 0:
@@ -410,6 +426,7 @@ def residual_maps_reference(
     foreground_threshold: float | None = None,
     device: torch.device | str | None = None,
     name: str = "image",
+    pad_to_square: bool = True,
 ) -> torch.Tensor:
     """
     The same maps as :func:`compute_residual_maps`, one slice and one pass per MAE forward.
@@ -421,7 +438,8 @@ def residual_maps_reference(
         ``(R, *spatial)`` float32 on the CPU.
     """
     prep = _Prepared(
-        mae, image, masks, slice_axis, mae_input_size, clip_range, foreground_threshold, device, name
+        mae, image, masks, slice_axis, mae_input_size, clip_range, foreground_threshold, device, name,
+        pad_to_square,
     )
     num_passes = prep.masks.shape[1]
     with _eval_mode(prep.mae):
@@ -488,6 +506,7 @@ class ResidualMapd(MapTransform):
         paste_visible: bool = True,
         clip_range: tuple[float, float] | None = None,
         amp: bool = False,
+        pad_to_square: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         """
@@ -515,6 +534,8 @@ class ResidualMapd(MapTransform):
             clip_range: ``(low, high)`` the images are clipped to before the MAE and for the
                 residual (the range the MAE was trained on); None: no clipping.
             amp: autocast the MAE (float16 on CUDA, bfloat16 on CPU).
+            pad_to_square: zero-pad non-square slices to a square before the resize to the MAE
+                size, as the MAE pre-training does (``ResizeSliced``); the maps are cropped back.
             allow_missing_keys: don't raise for missing keys.
         """
         super().__init__(keys, allow_missing_keys)
@@ -559,6 +580,7 @@ class ResidualMapd(MapTransform):
         self.paste_visible = bool(paste_visible)
         self.clip_range = None if clip_range is None else (float(clip_range[0]), float(clip_range[1]))
         self.amp = bool(amp)
+        self.pad_to_square = bool(pad_to_square)
         self._mae: nn.Module | None = mae if isinstance(mae, nn.Module) else None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -613,6 +635,7 @@ class ResidualMapd(MapTransform):
                 amp=self.amp,
                 device=self.device,
                 name=name,
+                pad_to_square=self.pad_to_square,
             )
             d[out_key] = _like(maps, image)
         return d
