@@ -1,0 +1,359 @@
+"""Evaluation of a trained GRCSF on a labelled set (``configs/evaluate.json``, SPEC section 8).
+
+:class:`EvaluationRunner` predicts every subject with the inference pipeline of
+``configs/inference.json`` (a :class:`~bundle.engines.inference.SegmentationRunner`, so the masks
+are the ones inference writes, in the input's space), compares them with the labels in that same
+space using :func:`bundle.metrics.segmentation_metrics`, and writes into ``output_dir``:
+
+- ``predictions/``: the predicted masks (the inference postprocessing's ``output_dir``);
+- ``metrics.csv``: one row per subject (ids, every metric, seconds per subject end to end);
+- ``summary.json``: means over subjects and, when records carry a subset (ATLAS), the mean per
+  subset and the mean over subsets; failed subjects with their error;
+- ``overlays/``: PNGs of the worst and best subjects by Dice (:mod:`bundle.engines.visualization`).
+
+A subject whose files are bad (unreadable, label not matching the image's shape or grid, label not
+binary, ...) is reported with its error and left out of the means; the others are evaluated. The
+image/label pair is checked before the residual maps and the inference, so a bad pair fails fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import Compose, EnsureChannelFirstd, Invertd
+
+from ..metrics import SEGMENTATION_METRIC_KEYS, aggregate_metrics, segmentation_metrics
+from ..transforms.preprocessing import LoadVolumed, ValidateVolumed
+from .inference import SegmentationRunner, atomic_output, describe_error, write_json
+from .visualization import OverlaySlices, save_overlay
+
+__all__ = ["ID_COLUMNS", "EvaluationRunner", "check_label", "voxel_spacing", "write_csv"]
+
+#: record entries copied into ``metrics.csv`` before the metrics, when present
+ID_COLUMNS: tuple[str, ...] = ("subject", "subset", "cohort", "image", "label", "prediction")
+
+logger = logging.getLogger(__name__)
+
+
+def voxel_spacing(affine: np.ndarray | torch.Tensor) -> tuple[float, ...]:
+    """Voxel size per axis (the column norms of the 3x3 part of a 4x4 affine)."""
+    a = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    return tuple(float(s) for s in np.sqrt((a[:3, :3] ** 2).sum(axis=0)))
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.as_tensor() if hasattr(x, "as_tensor") else x).numpy()
+    return np.asarray(x)
+
+
+def check_label(label: np.ndarray | torch.Tensor, label_path: str) -> np.ndarray:
+    """Check that a (channel-first) label is one binary mask; return it as a bool array (X, Y, Z).
+
+    Shape, grid and finiteness against the image are checked by
+    :class:`~bundle.transforms.preprocessing.ValidateVolumed`; training binarises labels silently
+    (any value > 0 is lesion), but an evaluation must not score against a label it misreads.
+
+    Args:
+        label: (1, X, Y, Z) or (X, Y, Z).
+        label_path: label file (named in the errors).
+
+    Raises:
+        ValueError: more than one channel, or values other than 0 and 1.
+    """
+    arr = _to_numpy(label)
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise ValueError(f"label {label_path} has {arr.shape[0]} channels; expected one 3D mask.")
+        arr = arr[0]
+    values = np.unique(arr)
+    if not np.all(np.isin(values, (0, 1))):
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise ValueError(
+            f"label {label_path} is not binary: values {shown}; expected 0 (background) and 1 (lesion)."
+        )
+    return arr != 0
+
+
+def write_csv(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], path: str, overwrite: bool = False
+) -> str:
+    """Write ``rows`` (missing entries empty) as CSV atomically; returns the path."""
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in columns})
+    return path
+
+
+class EvaluationRunner:
+    """Predict and score a labelled set; write ``metrics.csv``, ``summary.json`` and overlays.
+
+    Args:
+        runner: the inference runner of ``configs/inference.json``; its postprocessing must invert
+            the prediction to the input's space and save it (the saved files are the ones scored).
+        output_dir: evaluation folder (``metrics.csv``, ``summary.json``, ``overlays/``).
+        residual_names: a title per residual-map channel of the network input (after the image
+            channel), e.g. one per MAE mask ratio.
+        group_key: record entry naming the subset (ATLAS); used when every record has it.
+        num_overlays: overlays of that many worst and that many best subjects by Dice.
+        overwrite: replace earlier outputs; otherwise existing outputs stop the run before any work.
+        checkpoint: the evaluated checkpoint, recorded in ``summary.json``.
+        reader: MONAI image reader (name or instance) of the images and labels, None for MONAI's
+            choice (the ``reader`` of the inference preprocessing).
+        connectivity: lesion connectivity of the lesion-wise scores (None: full).
+        min_overlap: overlap fraction for a lesion to count as detected.
+        progress: show a tqdm progress bar.
+    """
+
+    def __init__(
+        self,
+        runner: SegmentationRunner,
+        output_dir: str | os.PathLike,
+        residual_names: Sequence[str] = (),
+        group_key: str | None = "subset",
+        num_overlays: int = 2,
+        overwrite: bool = False,
+        checkpoint: str | None = None,
+        reader: Any = None,
+        connectivity: int | None = None,
+        min_overlap: float = 0.0,
+        progress: bool = True,
+    ) -> None:
+        self.runner = runner
+        self.output_dir = os.fspath(output_dir)
+        self.residual_names = list(residual_names)
+        self.group_key = group_key
+        self.num_overlays = int(num_overlays)
+        self.overwrite = overwrite
+        self.checkpoint = checkpoint
+        # image and label files as they are (no reorientation, no binarisation), checked against each
+        # other before the costly residual maps and inference: the label is scored in the image's grid
+        self.load_pair = Compose(
+            [
+                LoadVolumed(["image", "label"], reader=reader),
+                EnsureChannelFirstd(["image", "label"]),
+                ValidateVolumed(image_key="image", label_key="label"),
+            ]
+        )
+        self.connectivity = connectivity
+        self.min_overlap = min_overlap
+        self.progress = progress
+        key = runner.image_key
+        # the image channels (image + residual maps) back in the input's space, for the overlays
+        self.invert_image = Invertd(
+            keys=key, transform=runner.preprocessing, orig_keys=key, nearest_interp=False
+        )
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.output_dir, "metrics.csv")
+
+    @property
+    def summary_path(self) -> str:
+        return os.path.join(self.output_dir, "summary.json")
+
+    @property
+    def overlay_dir(self) -> str:
+        return os.path.join(self.output_dir, "overlays")
+
+    def _check_outputs_free(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Refuse to start when outputs of an earlier run would be replaced (unless ``overwrite``)."""
+        if self.overwrite:
+            return
+        existing = [p for p in (self.metrics_path, self.summary_path) if os.path.exists(p)]
+        if os.path.isdir(self.overlay_dir):
+            existing += sorted(os.path.join(self.overlay_dir, n) for n in os.listdir(self.overlay_dir))
+        for record in records:
+            existing += [p for p in self.runner.output_paths(record["image"]) if os.path.exists(p)]
+        if existing:
+            shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+            raise FileExistsError(f"evaluation outputs exist: {shown}; set overwrite=true to replace them.")
+
+    def evaluate_one(self, record: Mapping[str, Any]) -> tuple[dict[str, Any], OverlaySlices]:
+        """Check one record's image/label pair, predict the image and score the prediction.
+
+        Returns:
+            (row, slices): the CSV row (ids, metrics, ``time_s``) and the overlay slices.
+        """
+        image_path, label_path = os.fspath(record["image"]), os.fspath(record["label"])
+        pair = self.load_pair({"image": image_path, "label": label_path})
+        truth = check_label(pair["label"], label_path)
+        image_affine = _to_numpy(pair["image"].affine)
+        image_shape = tuple(pair["image"].shape[1:])
+        start = time.perf_counter()
+        item = self.runner.predict({self.runner.image_key: image_path})
+        seconds = time.perf_counter() - start  # end to end: loading, residual maps, inference, saving
+        pred = item[self.runner.pred_key]
+        if tuple(pred.shape[1:]) != image_shape or not np.allclose(
+            _to_numpy(pred.affine), image_affine, atol=1e-3
+        ):
+            raise RuntimeError(
+                f"{image_path}: the postprocessing did not bring the prediction back to the image's grid "
+                f"(shape {tuple(pred.shape[1:])} vs {image_shape}); check its Invertd."
+            )
+        pred_mask = _to_numpy(pred)[0]
+        metrics = segmentation_metrics(
+            pred_mask,
+            truth,
+            spacing=voxel_spacing(image_affine),
+            connectivity=self.connectivity,
+            min_overlap=self.min_overlap,
+        )
+        saved = pred.meta.get("saved_to")
+        row: dict[str, Any] = {
+            "subject": record.get("subject", os.path.basename(image_path)),
+            **{k: record[k] for k in ID_COLUMNS if k in record and k not in ("subject", "image", "label")},
+            "image": image_path,
+            "label": label_path,
+            "prediction": "" if saved is None else os.fspath(saved),
+            **metrics,
+            "time_s": seconds,
+        }
+        channels = _to_numpy(self.invert_image(item)[self.runner.image_key])
+        slices = OverlaySlices.from_volumes(
+            image=channels[0],
+            truth=truth,
+            pred=pred_mask,
+            residual_maps=channels[1 : 1 + len(self.residual_names)],
+            residual_names=self.residual_names,
+            affine=image_affine,
+            title=f"{row['subject']}  Dice {metrics['dice']:.3f}",
+        )
+        return row, slices
+
+    def run(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Evaluate ``records`` (dicts with ``image``, ``label`` and optionally ``subject``, ``subset``,
+        ``cohort``); write the outputs and return the summary (also in ``summary.json``).
+
+        Raises:
+            FileExistsError: outputs of an earlier run exist and ``overwrite`` is false.
+            RuntimeError: no subject could be evaluated (the message lists the errors).
+        """
+        records = [dict(r) for r in records]
+        if not records:
+            raise ValueError("no records to evaluate.")
+        missing = [i for i, r in enumerate(records) if "image" not in r or "label" not in r]
+        if missing:
+            raise ValueError(f"records {missing[:5]} lack an 'image' or 'label' entry.")
+        self._check_outputs_free(records)
+        if self.runner.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.runner.device)
+        rows: list[dict[str, Any]] = []
+        slices: list[OverlaySlices] = []
+        failed: list[dict[str, Any]] = []
+        iterator: Any = records
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(records, desc="evaluation", unit="subject")
+        for record in iterator:
+            try:
+                row, subject_slices = self.evaluate_one(record)
+            except Exception as e:
+                message = describe_error(e)
+                if record["image"] not in message and record["label"] not in message:
+                    message = f"{record['image']}: {message}"
+                logger.warning(f"evaluation failed: {message}")
+                failed.append(
+                    {
+                        "subject": record.get("subject"),
+                        "image": record["image"],
+                        "label": record["label"],
+                        "error": message,
+                    }
+                )
+                continue
+            rows.append(row)
+            slices.append(subject_slices)
+        if not rows:
+            details = "; ".join(f["error"] for f in failed[:5])
+            raise RuntimeError(f"no subject could be evaluated ({len(failed)} failed): {details}")
+
+        columns = (
+            [c for c in ID_COLUMNS if any(c in r for r in rows)] + list(SEGMENTATION_METRIC_KEYS) + ["time_s"]
+        )
+        write_csv(rows, columns, self.metrics_path, overwrite=self.overwrite)
+        overlays = self._write_overlays(rows, slices)
+        summary = self._summary(rows, failed, overlays)
+        write_json(summary, self.summary_path, overwrite=self.overwrite)
+        logger.info(
+            f"evaluation of {len(rows)} subjects ({len(failed)} failed): mean Dice "
+            f"{summary['mean_over_subjects']['dice']:.4f}; {self.metrics_path}, {self.summary_path}"
+        )
+        return summary
+
+    def _summary(
+        self, rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, Any]], overlays: Sequence[str]
+    ) -> dict[str, Any]:
+        keys = list(SEGMENTATION_METRIC_KEYS) + ["time_s"]
+        # ids such as a numeric cohort must not be averaged: aggregate the metric columns only
+        metric_rows = [{k: r[k] for k in keys} for r in rows]
+        overall = aggregate_metrics(metric_rows)
+        summary: dict[str, Any] = {
+            "checkpoint": self.checkpoint,
+            "n_subjects": len(rows),
+            "n_failed": len(failed),
+            "mean_over_subjects": overall["mean"],
+            "std_over_subjects": overall["std"],
+            "count_over_subjects": overall["count"],
+            "time_per_subject_s": overall["mean"]["time_s"],
+            # SPEC section 8 also reports the model size and the peak memory of the whole pipeline
+            "network_parameters": sum(p.numel() for p in self.runner.network.parameters()),
+            "peak_gpu_memory_mib": (
+                torch.cuda.max_memory_allocated(self.runner.device) / 2**20
+                if self.runner.device.type == "cuda"
+                else None
+            ),
+        }
+        key = self.group_key
+        if key is not None and all(key in r for r in rows):
+            grouped = aggregate_metrics(
+                [{**m, key: r[key]} for m, r in zip(metric_rows, rows, strict=True)], group_key=key
+            )
+            summary["group_key"] = key
+            summary["mean_over_subsets"] = grouped["mean"]
+            summary["std_over_subsets"] = grouped["std"]
+            summary["per_subset"] = {
+                str(g): {"n_subjects": s["n_subjects"], "mean": s["mean"], "std": s["std"]}
+                for g, s in sorted(grouped["groups"].items(), key=lambda gs: str(gs[0]))
+            }
+        summary.update(
+            failed=list(failed),
+            metrics_csv=self.metrics_path,
+            overlays=list(overlays),
+        )
+        return summary
+
+    def _write_overlays(
+        self, rows: Sequence[Mapping[str, Any]], slices: Sequence[OverlaySlices]
+    ) -> list[str]:
+        """Overlay PNGs of the ``num_overlays`` worst and best subjects by Dice (each subject once)."""
+        if self.num_overlays <= 0:
+            return []
+        dice = [r["dice"] if not math.isnan(r["dice"]) else -1.0 for r in rows]
+        order = sorted(range(len(rows)), key=lambda i: (dice[i], str(rows[i]["subject"])))
+        n = min(self.num_overlays, len(rows))
+        worst = order[:n]
+        best = [i for i in reversed(order) if i not in worst][:n]
+        paths = []
+        for kind, chosen in (("worst", worst), ("best", best)):
+            for rank, i in enumerate(chosen, start=1):
+                # subject ids come from data lists: keep file-name-safe characters only
+                subject = re.sub(r"[^A-Za-z0-9._-]+", "_", str(rows[i]["subject"]))
+                name = f"{kind}{rank}_{subject}.png"
+                paths.append(
+                    save_overlay(slices[i], os.path.join(self.overlay_dir, name), overwrite=self.overwrite)
+                )
+        return paths
