@@ -92,3 +92,50 @@ def test_layout() -> None:
     for path in ("configs/logging.conf", "LICENSE", "README.md", "docs/README.md", "docs/data_license.txt"):
         assert (ROOT / path).is_file(), f"missing {path}"
     assert "Apache License" in (ROOT / "LICENSE").read_text()
+
+
+# ids that training and inference must define identically (the network, its input and the
+# residual-map step); inference.json is self-contained for MONAI Label, so they are repeated
+# there and this test keeps the two from drifting apart.
+SHARED_IDS = (
+    "bundle_root",
+    "ckpt_dir",
+    "dataset_dir",
+    "device",
+    "network_preset",
+    "rcu_patch_sizes",
+    "input_size",
+    "network_def",
+    "network",
+    "mae_preset",
+    "mae_path",
+    "mask_ratios",
+    "num_passes",
+    "masking",
+    "slice_axis",
+    "residual_map_transform",
+)
+
+
+def _config(name: str) -> dict:
+    with open(ROOT / "configs" / f"{name}.json") as f:
+        return json.load(f)
+
+
+def test_train_and_inference_share_definitions() -> None:
+    train, infer = _config("train"), _config("inference")
+    differing = [k for k in SHARED_IDS if train.get(k, "<missing>") != infer.get(k, "<missing>")]
+    assert not differing, f"train.json and inference.json differ on {differing}"
+    # evaluation re-creates the training split: same fraction and seed
+    assert _config("evaluate")["val_fraction"] == train["val_fraction"]
+    assert infer["seed"] == train["seed"]
+
+
+@pytest.mark.parametrize("name", ["train", "train_mae", "inference"])
+def test_every_config_parses(name: str) -> None:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / f"{name}.json"))
+    parser.parse(True)
+    assert parser.get("network_def") is not None or parser.get("mae_def") is not None
