@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(summary_path.read_text())
     total = time.perf_counter() - total_start
     print("\n=== Demo evaluation summary (held-out subjects) ===")
-    mean = summary.get("mean", summary)
+    mean = summary["mean_over_subjects"]
     for key in ("dice", "iou", "precision", "recall", "fpr", "vose", "lesion_f1"):
         if key in mean:
             print(f"{key:>12}: {mean[key]:.4f}")
