@@ -459,3 +459,21 @@ def test_disk_cache_follows_the_files_it_depends_on(tmp_path: Path) -> None:
     DiskCachedTransform(Compose([_CountingScale()]), cache_dir=cache, depends_on=[weights])(record)
     assert _CountingScale.calls == 2
     assert len(list(cache.iterdir())) == 2
+
+
+class _RandomDraw(Transform):
+    """A deterministic result whose computation consumes the global RNG (like building the MAE)."""
+
+    def __call__(self, d: dict) -> dict:
+        torch.rand(3)
+        return {"image": torch.as_tensor(d["image"], dtype=torch.float32)}
+
+
+def test_disk_cache_leaves_the_global_rng_alone(tmp_path: Path) -> None:
+    # cold and warm cache runs must draw the same network init and slice order afterwards
+    for cache_dir in (tmp_path, tmp_path, None):  # miss, hit, no cache
+        torch.manual_seed(0)
+        DiskCachedTransform(Compose([_RandomDraw()]), cache_dir=cache_dir)({"image": [1.0]})
+        after = torch.rand(1)
+        torch.manual_seed(0)
+        assert torch.equal(after, torch.rand(1))

@@ -349,13 +349,18 @@ class DiskCachedTransform(Transform):
         return hashlib.sha256(combined).hexdigest().encode("utf-8")
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        if self.cache_dir is None:
-            return dict(self.transform(data))
-        # a one-item PersistentDataset: MONAI's cache look-up, atomic write and corrupt-file recovery
-        dataset = PersistentDataset(
-            [data], self._pipeline, cache_dir=self.cache_dir, hash_transform=self._hash_transform
-        )
-        return unpack_meta_tensors(dataset[0])
+        # the global RNG state must not depend on cache hits: computing the maps builds the MAE
+        # (random init before its weights are loaded), which would otherwise change the
+        # segmentation network's init and the slice sampling of a run with a cold cache
+        devices = None if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            if self.cache_dir is None:
+                return dict(self.transform(data))
+            # a one-item PersistentDataset: MONAI's cache look-up, atomic write, corrupt-file recovery
+            dataset = PersistentDataset(
+                [data], self._pipeline, cache_dir=self.cache_dir, hash_transform=self._hash_transform
+            )
+            return unpack_meta_tensors(dataset[0])
 
 
 class _AtomicDiskSaver(DiskSaver):
