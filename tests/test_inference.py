@@ -345,3 +345,18 @@ def test_checkpoint_of_another_network(tmp_path: Path, bundle_root: Path) -> Non
     load_network_weights(network, tmp_path / "full.pt")
     key = next(k for k, v in network.state_dict().items() if v.is_floating_point())
     torch.testing.assert_close(network.state_dict()[key], state[f"module.{key}"])
+
+
+def test_outputs_get_the_usual_file_permissions(tmp_path: Path) -> None:
+    # atomic writes go through a private temp file; the result must not stay owner-only
+    import os
+    import stat
+
+    from bundle.engines.inference import write_json
+
+    umask = os.umask(0o022)
+    try:
+        path = write_json({"a": 1}, tmp_path / "report.json")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644

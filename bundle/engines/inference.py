@@ -93,6 +93,10 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     os.close(fd)
     try:
         yield tmp
+        # mkstemp creates the file 0600; outputs get the permissions any new file would get
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
