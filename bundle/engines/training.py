@@ -26,7 +26,6 @@ import hashlib
 import math
 import os
 import random
-import stat
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -652,8 +651,6 @@ class TrainingCurvesHandler:
         fig.tight_layout()
         with atomic_output(self.output_path, overwrite=True) as tmp:
             fig.savefig(tmp, format="png")
-        # temporary files are created owner-only; a plot is for everyone who can read the folder
-        os.chmod(self.output_path, os.stat(self.output_path).st_mode | stat.S_IRGRP | stat.S_IROTH)
 
     def state_dict(self) -> dict[str, list[float]]:
         """The per-epoch history (plain lists of floats)."""
