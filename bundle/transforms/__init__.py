@@ -1,5 +1,6 @@
 """transforms of the GRCSF bundle (see the package docstring of :mod:`bundle`)."""
 
+from .domains import PREPROCESSING_DOMAINS, volume_preprocessing
 from .residual_maps import (
     ConcatResidualMapsd,
     ResidualMapd,
@@ -9,6 +10,8 @@ from .residual_maps import (
 )
 
 __all__ = [
+    "PREPROCESSING_DOMAINS",
+    "volume_preprocessing",
     "ConcatResidualMapsd",
     "ResidualMapd",
     "compute_residual_maps",
