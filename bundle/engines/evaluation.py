@@ -24,7 +24,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,6 +115,14 @@ class EvaluationRunner:
         connectivity: lesion connectivity of the lesion-wise scores (None: full).
         min_overlap: overlap fraction for a lesion to count as detected.
         progress: show a tqdm progress bar.
+        extra_metrics: optional data-set specific scores of one subject,
+            ``extra_metrics(pred, truth, image, spacing) -> dict[str, float]`` with the prediction and
+            label as bool arrays ``(X, Y, Z)`` and the image as loaded (e.g. in HU for CT, no
+            windowing), e.g. :func:`bundle.metrics.orcascore_metrics` for orCaScore. Its entries are
+            written to ``metrics.csv`` and averaged in ``summary.json`` with ``extra_prefix`` before
+            their names.
+        extra_prefix: prefix of the ``extra_metrics`` names (keeps e.g. orCaScore's ``vose`` apart
+            from the voxel-wise one).
     """
 
     def __init__(
@@ -130,8 +138,12 @@ class EvaluationRunner:
         connectivity: int | None = None,
         min_overlap: float = 0.0,
         progress: bool = True,
+        extra_metrics: Callable[..., Mapping[str, float]] | None = None,
+        extra_prefix: str = "",
     ) -> None:
         self.runner = runner
+        self.extra_metrics = extra_metrics
+        self.extra_prefix = extra_prefix
         self.output_dir = os.fspath(output_dir)
         self.residual_names = list(residual_names)
         self.group_key = group_key
@@ -211,6 +223,15 @@ class EvaluationRunner:
             connectivity=self.connectivity,
             min_overlap=self.min_overlap,
         )
+        if self.extra_metrics is not None:
+            extra = self.extra_metrics(
+                pred_mask.astype(bool), truth, _to_numpy(pair["image"])[0], voxel_spacing(image_affine)
+            )
+            extra = {f"{self.extra_prefix}{k}": float(v) for k, v in extra.items()}
+            clash = sorted(set(extra) & set(metrics))
+            if clash:
+                raise ValueError(f"extra_metrics names {clash} clash with the segmentation metrics; set extra_prefix.")
+            metrics.update(extra)
         saved = pred.meta.get("saved_to")
         row: dict[str, Any] = {
             "subject": record.get("subject", os.path.basename(image_path)),
@@ -220,6 +241,7 @@ class EvaluationRunner:
             "prediction": "" if saved is None else os.fspath(saved),
             **metrics,
             "time_s": seconds,
+            "_extra": [k for k in metrics if k not in SEGMENTATION_METRIC_KEYS],
         }
         channels = _to_numpy(self.invert_image(item)[self.runner.image_key])
         slices = OverlaySlices.from_volumes(
@@ -282,7 +304,7 @@ class EvaluationRunner:
             raise RuntimeError(f"no subject could be evaluated ({len(failed)} failed): {details}")
 
         columns = (
-            [c for c in ID_COLUMNS if any(c in r for r in rows)] + list(SEGMENTATION_METRIC_KEYS) + ["time_s"]
+            [c for c in ID_COLUMNS if any(c in r for r in rows)] + self._metric_keys(rows) + ["time_s"]
         )
         write_csv(rows, columns, self.metrics_path, overwrite=self.overwrite)
         overlays = self._write_overlays(rows, slices)
@@ -294,10 +316,17 @@ class EvaluationRunner:
         )
         return summary
 
+    def _metric_keys(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The segmentation metrics, then the extra metrics in the order they first appear."""
+        keys = list(SEGMENTATION_METRIC_KEYS)
+        for row in rows:
+            keys += [k for k in row.get("_extra", ()) if k not in keys]
+        return keys
+
     def _summary(
         self, rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, Any]], overlays: Sequence[str]
     ) -> dict[str, Any]:
-        keys = list(SEGMENTATION_METRIC_KEYS) + ["time_s"]
+        keys = self._metric_keys(rows) + ["time_s"]
         # ids such as a numeric cohort must not be averaged: aggregate the metric columns only
         metric_rows = [{k: r[k] for k in keys} for r in rows]
         overall = aggregate_metrics(metric_rows)

@@ -57,6 +57,8 @@ __all__ = [
     "SegmentationRunner",
     "atomic_output",
     "describe_error",
+    "is_dicom_file",
+    "is_dicom_series_dir",
     "list_inputs",
     "load_network_weights",
     "prediction_path",
@@ -164,13 +166,34 @@ def _is_nifti(path: str, extensions: Sequence[str]) -> bool:
     return any(path.lower().endswith(ext) for ext in extensions)
 
 
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file (the ``DICM`` marker after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def is_dicom_series_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder holding DICOM files (one input series, read as one volume)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return False
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if entry.is_file() and not entry.name.startswith(".") and is_dicom_file(entry.path):
+            return True
+    return False
+
+
 def list_inputs(
     inputs: str | os.PathLike | Sequence[str | os.PathLike], extensions: Sequence[str] = NIFTI_EXTENSIONS
 ) -> list[str]:
     """The input images: one file, the images of a folder, a glob pattern, or a list of paths.
 
     A folder is not searched recursively and its hidden files (e.g. temporary files of an
-    interrupted write) are ignored; a pattern (``*``, ``?``, ``[``; ``**`` recurses) matches files,
+    interrupted write) are ignored. A folder holding DICOM files is one input (a DICOM series),
+    and so are the DICOM series folders inside a folder or matched by a pattern; a pattern (``*``, ``?``, ``[``; ``**`` recurses) matches files,
     e.g. ``demo_data/atlas/Training/**/*_T1w.nii.gz``. A list is returned as given, missing entries
     included: the runner reports them per file.
 
@@ -187,19 +210,28 @@ def list_inputs(
     path = os.fspath(inputs)
     if os.path.isfile(path):
         return [path]
+    if is_dicom_series_dir(path):
+        return [path]
     if os.path.isdir(path):
         files = sorted(
             os.path.join(path, name)
             for name in os.listdir(path)
             if not name.startswith(".")
-            and _is_nifti(name, extensions)
-            and os.path.isfile(os.path.join(path, name))
+            and (
+                (_is_nifti(name, extensions) and os.path.isfile(os.path.join(path, name)))
+                or is_dicom_series_dir(os.path.join(path, name))
+            )
         )
         if not files:
-            raise ValueError(f"input folder {path} holds no image with an extension in {tuple(extensions)}.")
+            raise ValueError(
+                f"input folder {path} holds no image with an extension in {tuple(extensions)} "
+                "and no DICOM series folder."
+            )
         return files
     if glob.has_magic(path):
-        files = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+        files = sorted(
+            p for p in glob.glob(path, recursive=True) if os.path.isfile(p) or is_dicom_series_dir(p)
+        )
         if not files:
             raise FileNotFoundError(f"no input file matches {path}.")
         return files
@@ -215,7 +247,7 @@ def prediction_path(
     a folder input (a DICOM series) contributes its folder name.
     """
     name = os.path.basename(os.path.normpath(os.fspath(image_path)))
-    for known in (*NIFTI_EXTENSIONS, ".dcm", ".mha", ".nrrd"):
+    for known in (*NIFTI_EXTENSIONS, ".dcm", ".mha", ".mhd", ".nrrd"):
         if name.lower().endswith(known):
             name = name[: -len(known)]
             break
@@ -518,7 +550,7 @@ class SegmentationRunner:
         Returns:
             the report: ``{"inputs", "n_ok", "n_error", "n_skipped", "files": [...], "report_path"}``.
         """
-        single = isinstance(inputs, (str, os.PathLike)) and os.path.isfile(inputs)
+        single = isinstance(inputs, (str, os.PathLike)) and (os.path.isfile(inputs) or is_dicom_series_dir(inputs))
         files = list_inputs(inputs, self.extensions)
         entries = []
         if not single and self.progress:
