@@ -59,7 +59,7 @@ def _overrides(bundle_root: Path, atlas_dir: str, **extra) -> dict:
         "dataset_dir": atlas_dir,
         "mae_img_size": 32,
         "epochs": 1,
-        "batch_size": 16,
+        "mae_batch_size": 16,
         "val_slice_stride": 3,
         "num_workers": 0,
         "progress_bar": False,

@@ -45,3 +45,85 @@ __all__ = [
     "load_atlas_like_records",
     "parse_atlas_subject_id",
 ]
+
+from .dicom import (
+    DicomSeries,
+    DicomSeriesError,
+    DicomSeriesReader,
+    LoadDicomSeriesd,
+    load_dicom_series,
+    read_dicom_series,
+    write_dicom_series,
+)
+
+__all__ += [
+    "DicomSeries",
+    "DicomSeriesError",
+    "DicomSeriesReader",
+    "LoadDicomSeriesd",
+    "load_dicom_series",
+    "read_dicom_series",
+    "write_dicom_series",
+]
+from .synthetic_ct import (
+    CT_TISSUE_NAMES,
+    MSD_LUNG_NODULE_INDEX,
+    ORCASCORE_REFERENCE_SCORES,
+    SyntheticCTCase,
+    generate_msd_lung_like,
+    generate_orcascore_like,
+    make_msd_lung_case,
+    make_orcascore_case,
+    msd_lung_case_id,
+    orcascore_case_id,
+    write_metaimage,
+)
+from .ct_datasets import (
+    MSD_LUNG_SPLIT_SIZES,
+    ORCASCORE_SPLIT_SIZES,
+    find_orcascore_scans,
+    load_msd_lung,
+    msd_lung_split,
+    orcascore_split,
+    split_by_sizes,
+    split_sizes,
+    write_split_datalist,
+)
+
+__all__ += [
+    "CT_TISSUE_NAMES",
+    "MSD_LUNG_NODULE_INDEX",
+    "ORCASCORE_REFERENCE_SCORES",
+    "SyntheticCTCase",
+    "generate_msd_lung_like",
+    "generate_orcascore_like",
+    "make_msd_lung_case",
+    "make_orcascore_case",
+    "msd_lung_case_id",
+    "orcascore_case_id",
+    "write_metaimage",
+    "MSD_LUNG_SPLIT_SIZES",
+    "ORCASCORE_SPLIT_SIZES",
+    "find_orcascore_scans",
+    "load_msd_lung",
+    "msd_lung_split",
+    "orcascore_split",
+    "split_by_sizes",
+    "split_sizes",
+    "write_split_datalist",
+]
+from .atlas import (
+    ATLAS_SPLITS_FILE,
+    atlas_datalist_name,
+    atlas_subset_splits,
+    find_atlas_subjects,
+    write_atlas_datalists,
+)
+
+__all__ += [
+    "ATLAS_SPLITS_FILE",
+    "atlas_datalist_name",
+    "atlas_subset_splits",
+    "find_atlas_subjects",
+    "write_atlas_datalists",
+]

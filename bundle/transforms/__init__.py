@@ -18,3 +18,48 @@ __all__ = [
     "draw_residual_masks",
     "residual_maps_reference",
 ]
+
+from .ct import (
+    CT_WINDOWS,
+    CalciumCandidatesd,
+    HUWindow,
+    HUWindowd,
+    LoadCTVolumed,
+    ct_preprocessing,
+    hounsfield_problem,
+    resolve_window,
+)
+
+__all__ += [
+    "CT_WINDOWS",
+    "CalciumCandidatesd",
+    "HUWindow",
+    "HUWindowd",
+    "LoadCTVolumed",
+    "ct_preprocessing",
+    "hounsfield_problem",
+    "resolve_window",
+]
+from .mni import (
+    MNI152_BRAIN_BOX_MM,
+    EnsureMNIGridd,
+    RegisterToMNId,
+    RegistrationError,
+    check_mni_grid,
+    check_mni_space,
+    mni_brain_preprocessing,
+    native_brain_preprocessing,
+    register_affine_to_mni,
+)
+
+__all__ += [
+    "MNI152_BRAIN_BOX_MM",
+    "EnsureMNIGridd",
+    "RegisterToMNId",
+    "RegistrationError",
+    "check_mni_grid",
+    "check_mni_space",
+    "mni_brain_preprocessing",
+    "native_brain_preprocessing",
+    "register_affine_to_mni",
+]

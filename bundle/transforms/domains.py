@@ -24,6 +24,7 @@ always see the same pre-processing.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ from monai.transforms import Compose
 #: Supported imaging domains and the function that builds their pipeline.
 PREPROCESSING_DOMAINS = {
     "brain": "bundle.transforms.preprocessing.brain_preprocessing",
+    "brain_mni": "bundle.transforms.mni.mni_brain_preprocessing",
+    "brain_native": "bundle.transforms.mni.native_brain_preprocessing",
     "ct": "bundle.transforms.ct.ct_preprocessing",
 }
 
@@ -49,8 +52,12 @@ def volume_preprocessing(
     "label": (1, X, Y, Z) uint8 in {0, 1}, ...}``, invertible by MONAI's ``Invertd``.
 
     Args:
-        domain: ``"brain"`` (T1 MRI, robust percentile scaling; :func:`brain_preprocessing`) or
-            ``"ct"`` (Hounsfield units, windowing; :func:`bundle.transforms.ct.ct_preprocessing`).
+        domain: ``"brain"`` (T1 MRI on the MNI grid as given, robust percentile scaling;
+            :func:`brain_preprocessing`), ``"brain_mni"`` (MNI space at any resolution or crop,
+            resampled onto the 1 mm grid; :func:`bundle.transforms.mni.mni_brain_preprocessing`),
+            ``"brain_native"`` (native scanner space, ITK affine registration to MNI-152;
+            :func:`bundle.transforms.mni.native_brain_preprocessing`) or ``"ct"`` (Hounsfield
+            units, windowing; :func:`bundle.transforms.ct.ct_preprocessing`).
         keys: keys of the files to load (image first).
         label_key: key of the lesion mask, None for image-only pipelines (inference).
         reader: image reader for MONAI's ``LoadImaged``, None for automatic.
@@ -61,10 +68,8 @@ def volume_preprocessing(
         raise ValueError(
             f"Unknown preprocessing domain {domain!r}; choose one of {sorted(PREPROCESSING_DOMAINS)}."
         )
-    if domain == "brain":
-        from .preprocessing import brain_preprocessing as build
-    else:
-        from .ct import ct_preprocessing as build  # imported lazily: only CT data sets need it
+    module_name, _, function_name = PREPROCESSING_DOMAINS[domain].rpartition(".")
+    build = getattr(importlib.import_module(module_name), function_name)
     keys = list(keys)
     if label_key is not None and label_key not in keys:
         label_key = None
