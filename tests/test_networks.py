@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -13,6 +14,7 @@ from bundle.networks import (
     GlobalCompensationUnit,
     PatchImportanceScore,
     RegionalCompensationUnit,
+    compensation,
     grcsf_preset,
     patchify,
     unpatchify,
@@ -103,6 +105,88 @@ def test_rcu_is_identity_when_map_weights_are_zero():
     rcu = RegionalCompensationUnit(8, num_maps=2, patch_size=4, weight_init=0.0)
     u = torch.randn(1, 8, 16, 16)
     assert torch.equal(rcu(u, torch.rand(1, 2, 16, 16)), u)
+
+
+# --- the fast GCU / RCU implementations against the straightforward formulas -------------------
+
+
+def _rcu_reference(rcu: RegionalCompensationUnit, up: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Eq. 6 as written: one attention per map on patchified tokens, weighted, scored, folded, added."""
+    b, _, h, w = up.shape
+    p, r = rcu.patch_size, rcu.num_maps
+    maps = F.interpolate(maps, size=[h, w], mode="area")
+    queries = rcu.query(rcu.embed(maps))  # (B, R * d, H, W)
+    keys, values = patchify(rcu.key(up), p), patchify(rcu.value(up), p)  # (B, N, T, d), (B, N, T, C)
+    scores = rcu.score(up) if rcu.score is not None else torch.ones(b, keys.shape[1])
+    fused = torch.zeros_like(values)
+    for i, q in enumerate(queries.chunk(r, dim=1)):
+        attention = torch.softmax(patchify(q, p) @ keys.transpose(-1, -2) / rcu.qk_channels**0.5, dim=-1)
+        fused = fused + rcu.map_weights[i] * (attention @ values)
+    fused = fused * scores[:, :, None, None]
+    return unpatchify(fused, p, h, w) + up
+
+
+@pytest.mark.parametrize("num_maps,patch_size,score", [(2, 8, True), (1, 4, True), (3, 16, False)])
+def test_rcu_equals_the_reference_formula_with_gradients(num_maps, patch_size, score):
+    torch.manual_seed(0)
+    rcu = RegionalCompensationUnit(16, num_maps=num_maps, patch_size=patch_size, importance_score=score)
+    up, maps = torch.randn(2, 16, 32, 32), torch.rand(2, num_maps, 64, 64)
+    grad = torch.randn(2, 16, 32, 32)
+    results = []
+    for forward in (rcu, lambda u, m: _rcu_reference(rcu, u, m)):
+        u = up.clone().requires_grad_(True)
+        out = forward(u, maps)
+        rcu.zero_grad()
+        out.backward(grad)
+        results.append([out.detach(), u.grad] + [p.grad.clone() for p in rcu.parameters()])
+    for fast, reference in zip(*results):
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+    # channels-last features give the same result
+    cl = rcu(up.contiguous(memory_format=torch.channels_last), maps)
+    torch.testing.assert_close(cl, results[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_mixed_attention_matches_one_piece_and_gradcheck(monkeypatch):
+    # 2 maps, 4 tokens per patch: chunks of 2 patches over 3 (the last chunk partial)
+    monkeypatch.setattr(compensation, "_ATTENTION_CHUNK_VALUES", 2 * (2 * 4 * 4))
+    g = torch.Generator().manual_seed(0)
+    shapes = ((3, 2 * 4, 2), (3, 4, 2), (3, 4, 3), (3, 2))
+    args = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+    chunked = compensation.mixed_patch_attention(*args)
+    assert chunked.shape == (3, 3, 4)
+    torch.testing.assert_close(chunked, compensation._mixed_attention_reference(*args))
+    assert torch.autograd.gradcheck(compensation.mixed_patch_attention, args)
+    # float32 without grad requirements runs too (inference)
+    with torch.no_grad():
+        plain = compensation.mixed_patch_attention(*(a.detach().float() for a in args))
+    torch.testing.assert_close(plain, chunked.detach().float(), rtol=1e-5, atol=1e-5)
+
+
+def test_gcu_weighted_cosine_equals_the_plain_formula_with_gradients():
+    torch.manual_seed(0)
+    gcu = GlobalCompensationUnit(skip_channels=8, down_channels=16, up_channels=16, projection_kernel_size=3)
+    inputs = (torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8), torch.randn(2, 16, 16, 16))
+
+    def plain(f, s, u):
+        ru = gcu.project_down(F.interpolate(s, size=[16, 16], mode="bilinear", align_corners=False))
+        r = F.cosine_similarity(ru * gcu.se_up(gcu.project_up(u)), gcu.se_skip(f), dim=1).unsqueeze(1)
+        return f * r + f, r
+
+    results = []
+    for forward in (gcu, plain):
+        xs = [x.clone().requires_grad_(True) for x in inputs]
+        c, r = forward(*xs)
+        gcu.zero_grad()
+        (c.sum() + 3 * r.sum()).backward()
+        grads = [x.grad for x in xs] + [p.grad.clone() for p in gcu.parameters()]
+        results.append([c.detach(), r.detach(), *grads])
+    for fast, reference in zip(*results):
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+    # a pixel whose features are all zero: similarity 0 and finite gradients (no sqrt(0) in backward)
+    x, y = torch.zeros(1, 4, 2, 2, requires_grad=True), torch.randn(1, 4, 2, 2)
+    cos = compensation._weighted_cosine_similarity(x, torch.ones(1, 4), y, torch.ones(1, 4))
+    cos.sum().backward()
+    assert torch.count_nonzero(cos) == 0 and torch.isfinite(x.grad).all()
 
 
 def test_importance_score_parameters_grow_with_patch_size():

@@ -175,6 +175,49 @@ def test_foreground_skipping_gives_exact_zeros(mae: MaskedAutoencoderViT) -> Non
     assert torch.allclose(out[..., [0, 2, 4]], full[..., [0, 2, 4]], atol=1e-6)
 
 
+def test_default_skips_empty_slices_and_the_reference_agrees(mae: MaskedAutoencoderViT) -> None:
+    image = _volume()
+    image[..., 2] = 0.0  # an empty slice (zero padding, outside a skull-stripped brain)
+    counting = CountingMAE(mae)
+    out = ResidualMapd("image", counting, num_passes=2, batch_size=100)({"image": image})["residual_maps"]
+    assert torch.count_nonzero(out[..., 2]) == 0 and counting.calls == 2  # 4 slices x 2 passes per ratio
+    masks = draw_residual_masks(64, 5, (0.5, 0.75), 2, "stratified", torch.Generator().manual_seed(0))
+    fast = compute_residual_maps(mae, image, masks, foreground_threshold=0.0)
+    reference = residual_maps_reference(mae, image, masks, foreground_threshold=0.0)
+    assert torch.allclose(fast, reference, atol=1e-5) and torch.count_nonzero(reference[..., 2]) == 0
+    # without skipping, the MAE "reconstructs" the empty slice into non-zero maps
+    no_skip = ResidualMapd("image", mae, num_passes=2, foreground_threshold=None)
+    full = no_skip({"image": image})["residual_maps"]
+    assert torch.count_nonzero(full[..., 2]) > 0
+    assert torch.allclose(full[..., [0, 1, 3, 4]], out[..., [0, 1, 3, 4]], atol=1e-6)
+
+
+def test_draw_masks_reproduce_the_transform(mae: MaskedAutoencoderViT) -> None:
+    transform = ResidualMapd("image", mae, num_passes=2, masking="stratified")
+    image = MetaTensor(_volume(), meta={"filename_or_obj": "/data/sub-03.nii.gz"})
+    masks = transform.draw_masks(image)
+    assert masks.shape == (2, 2, 5, 64) and masks.dtype == torch.bool
+    assert torch.equal(masks, transform.draw_masks(image))
+    out = transform({"image": image})["residual_maps"]
+    expected = compute_residual_maps(mae, image, masks, foreground_threshold=0.0)
+    assert torch.allclose(out.as_tensor(), expected, atol=1e-6)
+
+
+def test_amp_dtype_and_output_device(mae: MaskedAutoencoderViT) -> None:
+    image = _volume((1, 64, 64))
+    masks = draw_residual_masks(64, 1, (0.75,), 2, "random", torch.Generator().manual_seed(0))
+    by_name = compute_residual_maps(mae, image, masks, amp=True, amp_dtype="bf16")
+    by_dtype = compute_residual_maps(mae, image, masks, amp=True, amp_dtype=torch.bfloat16)
+    assert torch.equal(by_name, by_dtype) and by_name.dtype == torch.float32
+    with pytest.raises(ValueError, match="amp_dtype"):
+        compute_residual_maps(mae, image, masks, amp=True, amp_dtype="int8")
+    with pytest.raises(ValueError, match="amp_dtype"):
+        ResidualMapd("image", mae, amp=True, amp_dtype=torch.float64)
+    # None: returned where computed (the CPU here); the default stays the CPU
+    assert compute_residual_maps(mae, image, masks, output_device=None).device.type == "cpu"
+    assert residual_maps_reference(mae, image, masks, output_device=None).device.type == "cpu"
+
+
 def test_seed_reproducibility(mae: MaskedAutoencoderViT) -> None:
     image = _volume()
 

@@ -91,6 +91,178 @@ def unpatchify(x: torch.Tensor, patch_size: int, height: int, width: int) -> tor
     return x.reshape(b, c, height, width)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (eager mode; TorchScript code never calls it)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device without autocast, e.g. meta (shape and FLOP counting)
+        return False
+
+
+def _weighted_cosine_similarity(
+    x: torch.Tensor, x_weights: torch.Tensor, y: torch.Tensor, y_weights: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """
+    Pixel-wise cosine similarity over the channels of ``x * x_weights`` and ``y * y_weights``.
+
+    The same value as ``F.cosine_similarity(x * wx[..., None, None], y * wy[..., None, None], dim=1)``
+    with each norm clamped to at least ``eps``; in float32 the three weighted channel
+    sums are batched matrix-vector products, so the rescaled copies of ``x`` and ``y`` that the
+    plain formula needs are never built (the full-resolution GCU's largest temporaries). For other
+    dtypes and under autocast the plain formula runs (autocast computes the cosine similarity in
+    float32; low-precision sums of squares could overflow).
+
+    Args:
+        x: ``(B, C, H, W)``.
+        x_weights: ``(B, C)``, per-channel weights of ``x``.
+        y: ``(B, C, H, W)``.
+        y_weights: ``(B, C)``, per-channel weights of ``y``.
+        eps: lower bound of each norm.
+
+    Returns:
+        ``(B, 1, H, W)`` in [-1, 1].
+    """
+    products = x.dtype == torch.float32 and y.dtype == torch.float32
+    if not torch.jit.is_scripting():
+        products = products and not _autocast_enabled(x.device.type)
+    if products:
+        b, c, h, w = x.shape
+            # (B, 1, C) @ (B, C, HW); reshape is a view for contiguous and channels-last tensors
+        dot = torch.bmm((x_weights * y_weights).unsqueeze(1), (x * y).reshape(b, c, h * w))
+        x_sq = torch.bmm((x_weights * x_weights).unsqueeze(1), (x * x).reshape(b, c, h * w))
+        y_sq = torch.bmm((y_weights * y_weights).unsqueeze(1), (y * y).reshape(b, c, h * w))
+        # max(|v|, eps) = sqrt(max(|v|^2, eps^2)), and no infinite gradient of sqrt at 0
+        norms = x_sq.clamp_min(eps * eps).sqrt() * y_sq.clamp_min(eps * eps).sqrt()
+        return (dot / norms).reshape(b, 1, h, w)
+    return F.cosine_similarity(
+        x * x_weights.unsqueeze(-1).unsqueeze(-1), y * y_weights.unsqueeze(-1).unsqueeze(-1), dim=1, eps=eps
+    ).unsqueeze(1)
+
+
+# Scores held at once by the chunked CPU attention: 4 Mi values (16 MiB in float32), a working set
+# that stays in the caches and below glibc's mmap threshold, so chunks reuse the same memory.
+_ATTENTION_CHUNK_VALUES = 1 << 22
+
+
+def _mix_maps(attention: torch.Tensor, coefficients: torch.Tensor, num_maps: int) -> torch.Tensor:
+    """``(P, R * T, T)`` attention of R maps and ``(P, R)`` coefficients -> ``(P, T, T)`` weighted sum."""
+    p, rows, t = attention.shape
+    # (P, 1, R) @ (P, R, T * T): the weighted sum over the maps without temporaries
+    mixed = torch.bmm(coefficients.unsqueeze(1).to(attention.dtype), attention.reshape(p, num_maps, t * t))
+    return mixed.reshape(p, t, t)
+
+
+def _mixed_attention_reference(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, coefficients: torch.Tensor
+) -> torch.Tensor:
+    """:func:`mixed_patch_attention` in one piece (plain autograd; TorchScript, autocast)."""
+    t = keys.shape[1]
+    attention = torch.bmm(queries, keys.transpose(1, 2)).softmax(dim=-1)
+    mixed = _mix_maps(attention, coefficients, queries.shape[1] // t)
+    return torch.bmm(values.transpose(1, 2).to(mixed.dtype), mixed.transpose(1, 2))
+
+
+class _ChunkedMixedAttention(torch.autograd.Function):
+    """
+    :func:`mixed_patch_attention` over chunks of patches, recomputing the attention in backward.
+
+    Only ``queries``, ``keys``, ``values`` and ``coefficients`` are saved; forward and backward
+    rebuild one chunk's ``P^2 x P^2`` scores at a time (flash-attention style), so the scores of
+    the whole batch (hundreds of MB at full resolution) never exist in memory.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> torch.Tensor:
+        p, rows, _ = queries.shape
+        t, c = keys.shape[1], values.shape[2]
+        r = rows // t
+        step = max(1, _ATTENTION_CHUNK_VALUES // (rows * t))
+        out = values.new_empty(p, c, t)
+        for start in range(0, p, step):
+            stop = min(start + step, p)
+            attention = torch.bmm(queries[start:stop], keys[start:stop].transpose(1, 2)).softmax(dim=-1)
+            mixed = _mix_maps(attention, coefficients[start:stop], r)
+            torch.bmm(values[start:stop].transpose(1, 2), mixed.transpose(1, 2), out=out[start:stop])
+        ctx.save_for_backward(queries, keys, values, coefficients)
+        return out
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        queries, keys, values, coefficients = ctx.saved_tensors
+        p, rows, _ = queries.shape
+        t = keys.shape[1]
+        r = rows // t
+        step = max(1, _ATTENTION_CHUNK_VALUES // (rows * t))
+        grad_out = grad_out.contiguous()
+        grad_q, grad_k = torch.empty_like(queries), torch.empty_like(keys)
+        grad_v, grad_c = torch.empty_like(values), torch.empty_like(coefficients)
+        for start in range(0, p, step):
+            stop = min(start + step, p)
+            n = stop - start
+            q, k, v = queries[start:stop], keys[start:stop], values[start:stop]
+            coef = coefficients[start:stop]
+            attention = torch.bmm(q, k.transpose(1, 2)).softmax(dim=-1)  # (n, R * T, T)
+            mixed = _mix_maps(attention, coef, r)  # M = sum_r c_r A_r, (n, T, T)
+            grad_o = grad_out[start:stop].transpose(1, 2)  # gradient of O = M V, (n, T, C)
+            torch.bmm(mixed.transpose(1, 2), grad_o, out=grad_v[start:stop])
+            grad_m = torch.bmm(grad_o, v.transpose(1, 2))  # (n, T, T)
+            a = attention.reshape(n, r, t, t)
+            grad_s = a * grad_m.unsqueeze(1)  # A_r * G_M
+            rho = grad_s.sum(dim=-1, keepdim=True)  # (n, R, T, 1)
+            grad_c[start:stop] = rho.sum(dim=(2, 3)).to(grad_c.dtype)  # dL/dc_r = sum(G_M * A_r)
+            # softmax backward of c_r A_r: c_r A_r * (G_M - rho_r), in place
+            grad_s.addcmul_(a, rho, value=-1.0).mul_(coef.reshape(n, r, 1, 1).to(grad_s.dtype))
+            grad_s = grad_s.reshape(n, rows, t)
+            torch.bmm(grad_s, k, out=grad_q[start:stop])
+            torch.bmm(grad_s.transpose(1, 2), q, out=grad_k[start:stop])
+        needs = ctx.needs_input_grad
+        return (
+            grad_q if needs[0] else None,
+            grad_k if needs[1] else None,
+            grad_v if needs[2] else None,
+            grad_c if needs[3] else None,
+        )
+
+
+def mixed_patch_attention(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, coefficients: torch.Tensor
+) -> torch.Tensor:
+    """
+    Per-patch attention of R query maps over shared keys, mixed: ``(sum_r c_r softmax(Q_r K^T)) V``.
+
+    ``sum_r c_r (A_r V) = (sum_r c_r A_r) V``: one ``T x T`` by ``T x C`` product per patch instead
+    of R. In float32/float64 eager mode without autocast the patches run in chunks with the
+    attention recomputed in backward (:class:`_ChunkedMixedAttention`); otherwise in one piece.
+
+    Args:
+        queries: ``(P, R * T, d)``, rows ``r * T .. (r + 1) * T - 1`` the queries of map ``r``,
+            already scaled by ``d^-1/2``.
+        keys: ``(P, T, d)``.
+        values: ``(P, T, C)``.
+        coefficients: ``(P, R)``, the weight of each map in each patch.
+
+    Returns:
+        ``(P, C, T)``: the result transposed (channel-major, for a cheap fold back to ``(B, C, H, W)``).
+    """
+    if not torch.jit.is_scripting():
+        plain = (
+            queries.dtype in (torch.float32, torch.float64)
+            and queries.dtype == keys.dtype == values.dtype
+            and not _autocast_enabled(queries.device.type)
+        )
+        if plain:
+            return _ChunkedMixedAttention.apply(queries, keys, values, coefficients.to(queries.dtype))
+    return _mixed_attention_reference(queries, keys, values, coefficients)
+
+
 class SqueezeExcitation(nn.Module):
     """
     Squeeze-and-excitation channel attention (Hu et al., CVPR 2018): global average pooling,
@@ -118,6 +290,17 @@ class SqueezeExcitation(nn.Module):
         self.act = get_act_layer(act)
         self.fc_2 = nn.Linear(hidden, channels)
 
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, C)``: the per-channel weights in (0, 1) that :meth:`forward` scales ``x`` by.
+        """
+        w = x.mean(dim=(2, 3))
+        return torch.sigmoid(self.fc_2(self.act(self.fc_1(w))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
         Args:
@@ -126,9 +309,7 @@ class SqueezeExcitation(nn.Module):
         Returns:
             ``(B, C, H, W)``: ``x`` scaled by per-channel weights in (0, 1).
         """
-        w = x.mean(dim=(2, 3))
-        w = torch.sigmoid(self.fc_2(self.act(self.fc_1(w))))
-        return x * w.unsqueeze(-1).unsqueeze(-1)
+        return x * self.channel_weights(x).unsqueeze(-1).unsqueeze(-1)
 
 
 class GlobalCompensationUnit(nn.Module):
@@ -203,9 +384,17 @@ class GlobalCompensationUnit(nn.Module):
         """
         size = [int(skip.shape[2]), int(skip.shape[3])]
         ru = self.project_down(F.interpolate(down, size=size, mode="bilinear", align_corners=False))
-        guided = ru * self.se_up(self.project_up(up))
-        residual = F.cosine_similarity(guided, self.se_skip(skip), dim=1).unsqueeze(1)
-        return skip * residual + skip, residual
+        projected_up = self.project_up(up)
+        # R = CS(RU * SE_u(U'), SE_f(F)): the squeeze-excitation outputs are per-channel rescalings,
+        # so they enter the channel sums as weights instead of as rescaled copies of the features
+        residual = _weighted_cosine_similarity(
+            ru * projected_up,
+            self.se_up.channel_weights(projected_up),
+            skip,
+            self.se_skip.channel_weights(skip),
+        )
+        # C = R * F + F in one pass
+        return torch.addcmul(skip, skip, residual), residual
 
 
 class PatchImportanceScore(nn.Module):
@@ -351,22 +540,127 @@ class RegionalCompensationUnit(nn.Module):
             raise ValueError(f"expected {self.num_maps} residual maps, got {residual_maps.shape[1]}.")
         if h % p != 0 or w % p != 0:
             raise ValueError(f"decoder feature of size {h}x{w} is not divisible by the RCU patch size {p}.")
-        n = (h // p) * (w // p)
-        maps = F.interpolate(residual_maps.to(up.dtype), size=[h, w], mode="area")
-        # (B, N, P*P, R*d) -> (B, R, N, P*P, d): one query set per residual map
-        q = patchify(self.query(self.embed(maps)), p)
-        q = q.reshape(b, n, p * p, self.num_maps, self.qk_channels).permute(0, 3, 1, 2, 4)
-        k = patchify(self.key(up), p).unsqueeze(1).expand(b, self.num_maps, n, p * p, self.qk_channels)
-        v = patchify(self.value(up), p).unsqueeze(1).expand(b, self.num_maps, n, p * p, c)
-        attended = F.scaled_dot_product_attention(q, k, v)  # (B, R, N, P*P, C)
-        # the score is per patch and shared by the maps, so weighting and summing over the maps
-        # first (Eq. 6 is linear in each term) saves R - 1 multiplications by the score
-        fused = (attended * self.map_weights.view(1, self.num_maps, 1, 1, 1)).sum(dim=1)
+        grid_h, grid_w = h // p, w // p
+        n = grid_h * grid_w
+        maps = residual_maps.to(up.dtype)
+        if maps.shape[2] != h or maps.shape[3] != w:  # area resizing to the same size is the identity
+            maps = F.interpolate(maps, size=[h, w], mode="area")
+        queries = self._queries(maps)  # (B, N, R * P^2, d)
+        keys, values = self._keys_values(up)  # (B, N, P^2, d), (B, N, P^2, C)
         score = self.score
         if score is not None:
             scores = score(up)
-            fused = fused * scores.unsqueeze(-1).unsqueeze(-1).to(fused.dtype)
         else:
             scores = torch.ones(b, n, dtype=up.dtype, device=up.device)
-        out = unpatchify(fused, p, h, w) + up
-        return out, scores.reshape(b, 1, h // p, w // p)
+        # Eq. 6 is linear in each map's term and phi is per patch: phi_n * W_r is one coefficient
+        # per (patch, map) applied once
+        coefficients = scores.unsqueeze(-1) * self.map_weights.to(scores.dtype)  # (B, N, R)
+        if up.is_cuda:
+            # a fused attention kernel: (B, N, P^2, C) -> (B, C, H/P, P, W/P, P)
+            fused = self._attend_fused(queries, keys, values, coefficients)
+            fused = fused.reshape(b, grid_h, grid_w, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        else:
+            # (B, N, C, P^2): C-major, so the fold adds runs of P contiguous pixels
+            fused = self._attend_mixed(queries, keys, values, coefficients)
+            fused = fused.reshape(b, grid_h, grid_w, c, p, p).permute(0, 3, 1, 4, 2, 5)
+        out = (up.reshape(b, c, grid_h, p, grid_w, p) + fused).reshape(b, c, h, w)
+        return out, scores.reshape(b, 1, grid_h, grid_w)
+
+    def _queries(self, maps: torch.Tensor) -> torch.Tensor:
+        """
+        Per-map queries of the residual maps, patch tokens of all maps side by side.
+
+        Args:
+            maps: ``(B, R, H, W)`` at the decoder feature's size.
+
+        Returns:
+            ``(B, N, R * P^2, d)``: row ``r * P^2 + i`` of patch ``n`` is token ``i`` of map ``r``.
+        """
+        b, r, h, w = maps.shape
+        p, d, c = self.patch_size, self.qk_channels, self.channels
+        # channels-last: the grouped 3x3 embedding runs as a oneDNN kernel on the CPU, and its
+        # (B, H, W, R * C) memory makes each map's 1x1 query a strided batched matrix product
+        embedded = self.embed(maps.contiguous(memory_format=torch.channels_last))  # (B, R * C, H, W)
+        pixels = embedded.permute(0, 2, 3, 1).reshape(b * h * w, r, c).transpose(0, 1)  # (R, BHW, C)
+        weight = self.query.weight.reshape(r, d, c).transpose(1, 2).to(pixels.dtype)  # (R, C, d)
+        bias = self.query.bias
+        if bias is None:
+            q = torch.bmm(pixels, weight)
+        else:
+            q = torch.baddbmm(bias.reshape(r, 1, d).to(pixels.dtype), pixels, weight)  # (R, BHW, d)
+        # scaled here (R * P^2 * d values per patch) rather than the P^2 x P^2 scores
+        q = q * (float(d) ** -0.5)
+        q = q.reshape(r, b, h // p, p, w // p, p, d).permute(1, 2, 4, 0, 3, 5, 6)
+        return q.reshape(b, (h // p) * (w // p), r * p * p, d)
+
+    def _keys_values(self, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Keys and values of the decoder feature's patch tokens (both 1x1 projections in one product).
+
+        Returns:
+            ``(B, N, P^2, d)`` keys and ``(B, N, P^2, C)`` values.
+        """
+        b, c, h, w = up.shape
+        p, d = self.patch_size, self.qk_channels
+        rows = up.flatten(2).transpose(1, 2)  # (B, HW, C), a view for NCHW and channels-last
+        weight = torch.cat([self.key.weight.reshape(d, c), self.value.weight.reshape(c, c)], dim=0)
+        weight = weight.t().to(rows.dtype).unsqueeze(0).expand(b, c, d + c)
+        key_bias, value_bias = self.key.bias, self.value.bias
+        if key_bias is None or value_bias is None:
+            kv = torch.bmm(rows, weight)
+        else:
+            bias = torch.cat([key_bias, value_bias], dim=0).to(rows.dtype).reshape(1, 1, d + c)
+            kv = torch.baddbmm(bias, rows, weight)  # (B, HW, d + C), channels last
+        kv = kv.reshape(b, h // p, p, w // p, p, d + c).permute(0, 1, 3, 2, 4, 5)
+        kv = kv.reshape(b, (h // p) * (w // p), p * p, d + c)
+        keys, values = kv.split([d, c], dim=-1)
+        return keys, values
+
+    def _attend_mixed(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, coefficients: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        The mixed attention of every patch from explicit scores (:func:`mixed_patch_attention`; CPU).
+
+        Args:
+            queries: ``(B, N, R * T, d)``, already scaled by ``d^-1/2``.
+            keys: ``(B, N, T, d)``.
+            values: ``(B, N, T, C)``.
+            coefficients: ``(B, N, R)``.
+
+        Returns:
+            ``(B, N, C, T)``, the transposed per-patch result.
+        """
+        b, n, rows, d = queries.shape
+        t, c = keys.shape[2], values.shape[3]
+        fused = mixed_patch_attention(
+            queries.reshape(b * n, rows, d),
+            keys.reshape(b * n, t, d),
+            values.reshape(b * n, t, c),
+            coefficients.reshape(b * n, -1),
+        )
+        return fused.reshape(b, n, c, t)
+
+    def _attend_fused(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, coefficients: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        The same as :meth:`_attend_mixed` with ``F.scaled_dot_product_attention`` (flash /
+        memory-efficient kernels on GPU, no ``P^2 x P^2`` scores in memory): the R maps' queries
+        are rows of one attention call over the shared keys, their outputs mixed afterwards.
+
+        Returns:
+            ``(B, N, T, C)``.
+        """
+        b, n, rows, d = queries.shape
+        t, c = keys.shape[2], values.shape[3]
+        r = rows // t
+        # the queries are already scaled; SDPA's own scale is set to 1
+        attended = F.scaled_dot_product_attention(
+            queries, keys.contiguous(), values.contiguous(), scale=1.0
+        )  # (B, N, R * T, C)
+        mixed = torch.matmul(
+            coefficients.reshape(b * n, 1, r).to(attended.dtype), attended.reshape(b * n, r, t * c)
+        )
+        return mixed.reshape(b, n, t, c)
+

@@ -45,7 +45,7 @@ def _compensate(feature: torch.Tensor, residual: torch.Tensor | None) -> torch.T
     """``X' = X * R + X`` for a later skip feature of a UNet++ level whose GCU produced ``R``."""
     if residual is None:
         return feature
-    return feature * residual + feature
+    return torch.addcmul(feature, feature, residual)  # X + X * R in one pass
 
 
 def _up_channels(in_chns: int, halves: bool) -> int:

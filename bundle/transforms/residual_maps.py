@@ -242,8 +242,28 @@ class _eval_mode:
         self.no_grad.__exit__(*exc)
 
 
-def _autocast(device: torch.device, enabled: bool) -> Any:
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+AMP_DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+def _amp_dtype(amp_dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A validated autocast dtype (None: the device default, float16 on CUDA, bfloat16 elsewhere)."""
+    if amp_dtype is None or amp_dtype in (torch.bfloat16, torch.float16):
+        return amp_dtype  # type: ignore[return-value]
+    if isinstance(amp_dtype, str) and amp_dtype.lower() in AMP_DTYPES:
+        return AMP_DTYPES[amp_dtype.lower()]
+    raise ValueError(
+        f"amp_dtype must be torch.bfloat16, torch.float16, one of {sorted(AMP_DTYPES)} or None, got {amp_dtype!r}."
+    )
+
+
+def _autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None) -> Any:
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
 
 
@@ -293,7 +313,8 @@ class _Prepared:
                 f"{name}: masks must be (num_ratios, num_passes, {num_slices} slices, {num_patches} patches) bool, "
                 f"got {shape}."
             )
-        self.masks = masks.bool()
+        # on the compute device once: the batches below index them there, no copy per batch
+        self.masks = masks.to(device=self.device, dtype=torch.bool)
         if foreground_threshold is None:
             self.keep = torch.arange(num_slices, device=self.device)
         else:
@@ -303,10 +324,11 @@ class _Prepared:
             masks.shape[0], num_slices, *slices.shape[2:], device=self.device
         )  # (R, S, a, b)
 
-    def result(self) -> torch.Tensor:
-        """``(R, *spatial)`` float32 on the CPU."""
+    def result(self, output_device: torch.device | str | None = "cpu") -> torch.Tensor:
+        """``(R, *spatial)`` float32 on ``output_device`` (None: the compute device)."""
         maps = self.maps if self.crop is None else self.maps[..., self.crop[0], self.crop[1]]
-        return _from_slices(maps.contiguous(), self.dim).cpu()
+        maps = _from_slices(maps.contiguous(), self.dim)
+        return maps if output_device is None else maps.to(output_device)
 
 
 # ------------------------------------------------------------------------------------- functions
@@ -354,6 +376,8 @@ def compute_residual_maps(
     device: torch.device | str | None = None,
     name: str = "image",
     pad_to_square: bool = True,
+    amp_dtype: torch.dtype | str | None = None,
+    output_device: torch.device | str | None = "cpu",
 ) -> torch.Tensor:
     """
     Residual maps of one image, all (pass, slice) reconstructions of a ratio batched (module docstring).
@@ -370,38 +394,43 @@ def compute_residual_maps(
         clip_range: clip the slices to ``(low, high)`` first; None: no clipping.
         foreground_threshold: slices whose maximum is <= it are not reconstructed and get zero
             maps; None: every slice is reconstructed.
-        amp: autocast the MAE forward (float16 on CUDA, bfloat16 on CPU).
+        amp: autocast the MAE forward (``amp_dtype``).
         device: where the MAE runs; default the MAE's device.
         name: the image's name in error messages.
         pad_to_square: zero-pad non-square slices to a square before resizing them to the MAE
             size (as the MAE pre-training does), crop the maps back afterwards.
+        amp_dtype: autocast dtype, ``torch.bfloat16`` / ``"bf16"`` or ``torch.float16`` / ``"fp16"``;
+            None: float16 on CUDA, bfloat16 elsewhere.
+        output_device: where the maps are returned; None: where they were computed (a GPU
+            pipeline keeps them there).
 
     Returns:
-        ``(R, *spatial)`` float32 on the CPU.
+        ``(R, *spatial)`` float32 on ``output_device`` (default the CPU).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    dtype = _amp_dtype(amp_dtype)
     prep = _Prepared(
         mae, image, masks, slice_axis, mae_input_size, clip_range, foreground_threshold, device, name,
         pad_to_square,
     )
     num_kept = int(prep.keep.numel())
     if num_kept == 0:
-        return prep.result()
+        return prep.result(output_device)
     slices = prep.slices[prep.keep]  # (Sk, C, a, b)
     resized = _resize(slices, prep.size)
     num_passes = prep.masks.shape[1]
     with _eval_mode(prep.mae):
         for r in range(prep.masks.shape[0]):
             # item i = pass (i // Sk) of kept slice (i % Sk)
-            flat = prep.masks[r][:, prep.keep.cpu()].reshape(num_passes * num_kept, -1)
+            flat = prep.masks[r][:, prep.keep].reshape(num_passes * num_kept, -1)
             total = torch.zeros_like(slices)
             for start in range(0, flat.shape[0], batch_size):
                 stop = min(start + batch_size, flat.shape[0])
                 items = torch.arange(start, stop, device=prep.device)
                 which = items % num_kept
-                batch_mask = flat[start:stop].to(prep.device)
-                with _autocast(prep.device, amp):
+                batch_mask = flat[start:stop]
+                with _autocast(prep.device, amp, dtype):
                     pred = prep.mae.reconstruct(resized[which], mask=batch_mask, paste_visible=False)
                 delta = (
                     _to_slice_space(pred, batch_mask, slices[which], prep.grid, paste_visible) - slices[which]
@@ -412,7 +441,7 @@ def compute_residual_maps(
                     lo, hi = max(start, k * num_kept), min(stop, (k + 1) * num_kept)
                     total[lo - k * num_kept : hi - k * num_kept] += delta[lo - start : hi - start]
             prep.maps[r, prep.keep] = (total / num_passes).abs().mean(dim=1)
-    return prep.result()
+    return prep.result(output_device)
 
 
 def residual_maps_reference(
@@ -427,15 +456,17 @@ def residual_maps_reference(
     device: torch.device | str | None = None,
     name: str = "image",
     pad_to_square: bool = True,
+    output_device: torch.device | str | None = "cpu",
 ) -> torch.Tensor:
     """
     The same maps as :func:`compute_residual_maps`, one slice and one pass per MAE forward.
 
     The straightforward reading of the paper, kept as the reference for tests and the baseline
-    of benchmarks; arguments as :func:`compute_residual_maps` (float32, no autocast).
+    of benchmarks; arguments as :func:`compute_residual_maps` (float32, no autocast). Background
+    slices are skipped by the same ``foreground_threshold`` rule, so both agree.
 
     Returns:
-        ``(R, *spatial)`` float32 on the CPU.
+        ``(R, *spatial)`` float32 on ``output_device`` (default the CPU).
     """
     prep = _Prepared(
         mae, image, masks, slice_axis, mae_input_size, clip_range, foreground_threshold, device, name,
@@ -452,7 +483,7 @@ def residual_maps_reference(
                     pred = prep.mae.reconstruct(_resize(one, prep.size), mask=mask, paste_visible=False)
                     total += _to_slice_space(pred, mask, one, prep.grid, paste_visible) - one
                 prep.maps[r, s] = (total / num_passes).abs().mean(dim=1)[0]
-    return prep.result()
+    return prep.result(output_device)
 
 
 def _output_keys(
@@ -501,13 +532,14 @@ class ResidualMapd(MapTransform):
         batch_size: int = 256,
         device: torch.device | str | None = None,
         seed: int | None = 0,
-        foreground_threshold: float | None = None,
+        foreground_threshold: float | None = 0.0,
         output_key: str | Sequence[str] = "residual_maps",
         paste_visible: bool = True,
         clip_range: tuple[float, float] | None = None,
         amp: bool = False,
         pad_to_square: bool = True,
         allow_missing_keys: bool = False,
+        amp_dtype: torch.dtype | str | None = None,
     ) -> None:
         """
         Args:
@@ -526,17 +558,25 @@ class ResidualMapd(MapTransform):
             device: where the MAE runs (it is moved there); default the MAE's device.
             seed: seed of the masks (see the module docstring), None for the global RNG (then the
                 maps are not reproducible and must not be cached).
-            foreground_threshold: slices whose maximum is <= it are skipped and get exact-zero
-                maps (background slices of a skull-stripped volume); None: no skipping.
+            foreground_threshold: slices whose maximum (after ``clip_range``) is <= it are not
+                reconstructed and get exact-zero maps: background slices cost nothing. The default
+                0 skips empty slices (zero padding, outside a skull-stripped brain); for images
+                scaled to [0, 1] with a noisy background (the brain configs) a threshold above the
+                noise, e.g. 0.25, also skips the slices above and below the head. None: no skipping.
             output_key: key of the maps, one per key.
             paste_visible: reconstruction = original pixels at visible patches (SPEC section 5);
                 False: the decoder output everywhere.
             clip_range: ``(low, high)`` the images are clipped to before the MAE and for the
                 residual (the range the MAE was trained on); None: no clipping.
-            amp: autocast the MAE (float16 on CUDA, bfloat16 on CPU).
+            amp: autocast the MAE (``amp_dtype``).
             pad_to_square: zero-pad non-square slices to a square before the resize to the MAE
                 size, as the MAE pre-training does (``ResizeSliced``); the maps are cropped back.
             allow_missing_keys: don't raise for missing keys.
+            amp_dtype: autocast dtype (``torch.bfloat16``/``"bf16"``, ``torch.float16``/``"fp16"``);
+                None: float16 on CUDA, bfloat16 elsewhere.
+
+        The maps are returned on the image's device: an image already on the GPU keeps its maps
+        there (no round trip through the host).
         """
         super().__init__(keys, allow_missing_keys)
         if not (isinstance(mae, (nn.Module, str, os.PathLike)) or callable(mae)):
@@ -580,6 +620,7 @@ class ResidualMapd(MapTransform):
         self.paste_visible = bool(paste_visible)
         self.clip_range = None if clip_range is None else (float(clip_range[0]), float(clip_range[1]))
         self.amp = bool(amp)
+        self.amp_dtype = _amp_dtype(amp_dtype)
         self.pad_to_square = bool(pad_to_square)
         self._mae: nn.Module | None = mae if isinstance(mae, nn.Module) else None
 
@@ -608,6 +649,29 @@ class ResidualMapd(MapTransform):
             return None
         return torch.Generator().manual_seed(_mask_seed(self.seed, key, image, shape))
 
+    def draw_masks(self, image: Any, key: Hashable = "image") -> torch.Tensor:
+        """
+        The patch masks this transform draws for ``image`` under ``key`` (the same on every call).
+
+        Lets a caller reproduce the transform's maps with :func:`compute_residual_maps` or
+        :func:`residual_maps_reference` (e.g. a benchmark's equality check).
+
+        Returns:
+            ``(num_ratios, num_passes, num_slices, num_patches)`` bool on the CPU.
+        """
+        mae = self.mae
+        tensor = _as_image(image, f"{type(self).__name__}: {_source(image, key)}", mae.in_channels)
+        return self._draw_masks(mae, key, image, tensor)
+
+    def _draw_masks(self, mae: nn.Module, key: Hashable, image: Any, tensor: torch.Tensor) -> torch.Tensor:
+        size = _input_size(mae, self.mae_input_size)
+        num_patches = (size[0] // mae.patch_size) * (size[1] // mae.patch_size)
+        num_slices = 1 if tensor.ndim == 3 else tensor.shape[1 + self.slice_axis % 3]
+        generator = self._generator(key, image, tensor.shape)
+        return draw_residual_masks(
+            num_patches, num_slices, self.mask_ratios, self.num_passes, self.masking, generator
+        )
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key, out_key in self.key_iterator(d, self.output_keys):
@@ -616,12 +680,7 @@ class ResidualMapd(MapTransform):
             mae = self.mae
             tensor = _as_image(image, name, mae.in_channels)
             size = _input_size(mae, self.mae_input_size)
-            num_patches = (size[0] // mae.patch_size) * (size[1] // mae.patch_size)
-            num_slices = 1 if tensor.ndim == 3 else tensor.shape[1 + self.slice_axis % 3]
-            generator = self._generator(key, image, tensor.shape)
-            masks = draw_residual_masks(
-                num_patches, num_slices, self.mask_ratios, self.num_passes, self.masking, generator
-            )
+            masks = self._draw_masks(mae, key, image, tensor)
             maps = compute_residual_maps(
                 mae,
                 tensor,
@@ -636,6 +695,8 @@ class ResidualMapd(MapTransform):
                 device=self.device,
                 name=name,
                 pad_to_square=self.pad_to_square,
+                amp_dtype=self.amp_dtype,
+                output_device=tensor.device,
             )
             d[out_key] = _like(maps, image)
         return d
