@@ -30,12 +30,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the bundle package imports without `pip install -e .` too
+    sys.path.insert(0, str(ROOT))
 
 
-def _run(cmd: list[str], log: list[dict]) -> None:
+def _run(cmd: list[str], log: list[dict], threads: int | None = None) -> None:
     print("\n$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=ROOT)
+    # the bundle package must import in every step, also without `pip install -e .`
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    if threads:  # torch takes its intra-op thread count from OMP_NUM_THREADS
+        env["OMP_NUM_THREADS"] = str(threads)
+    result = subprocess.run(cmd, cwd=ROOT, env=env)
     seconds = time.perf_counter() - start
     log.append({"command": cmd, "seconds": round(seconds, 1), "returncode": result.returncode})
     if result.returncode != 0:
@@ -68,6 +75,23 @@ def _summarise_data(dataset_dir: Path) -> None:
         )
 
 
+def _check_generator_settings(dataset_dir: Path) -> None:
+    """Stop when the demo data were made with other lesion settings than the generator's current defaults."""
+    from dataclasses import asdict
+
+    from bundle.data.synthetic_atlas import SyntheticAtlasParams
+
+    index = json.loads((dataset_dir / "lesions.json").read_text())
+    params = index.get("generator_parameters", {}).get("params", {})
+    wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(SyntheticAtlasParams()).items()}
+    changed = sorted(k for k, v in wanted.items() if params.get(k) != v)
+    if changed:
+        sys.exit(
+            f"{dataset_dir} was generated with older look-alike settings ({', '.join(changed)} differ from the "
+            "current defaults, with which the demo learns): delete the folder or pass another --data-dir."
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="demo_data/atlas_3mm", help="demo data folder (relative to the repo)")
@@ -76,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default=None, help="default: outputs/demo-<UTC time>")
     parser.add_argument(
         "--data-only", action="store_true", help="only generate and summarise the demo data (step 1)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch CPU threads of the training and evaluation steps (default: torch's choice; "
+        "1 is faster on a machine whose cores are busy with other work)",
     )
     args = parser.parse_args(argv)
 
@@ -90,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. demo data: generated once, reused afterwards
     if (ROOT / data_dir / "lesions.json").is_file():
+        _check_generator_settings(ROOT / data_dir)
         print(f"Reusing the demo data in {data_dir} (delete the folder to regenerate it).")
     else:
         _run(
@@ -107,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
           *paths, "--output_dir", str(out / "mae")], log)
     # 3. GRCSF training (residual maps from the MAE of step 2)
     _run([py, "-m", "monai.bundle", "run", "training", "--config_file", _config("train", "demo"), *paths,
-          "--output_dir", str(out / "train")], log)
+          "--output_dir", str(out / "train")], log, args.threads)
     # 4. evaluation on the held-out cohorts
     _run(
         [py, "-m", "monai.bundle", "run", "evaluating", "--config_file", _config("inference", "demo", "evaluate"),
          *paths, "--eval_dir", str(out / "eval")],
         log,
+        args.threads,
     )
     summary_path = ROOT / out / "eval" / "summary.json"
     summary = json.loads(summary_path.read_text())
