@@ -183,7 +183,7 @@ class _ChunkedMixedAttention(torch.autograd.Function):
         t, c = keys.shape[1], values.shape[2]
         r = rows // t
         step = max(1, _ATTENTION_CHUNK_VALUES // (rows * t))
-        out = values.new_empty(p, c, t)
+        out = values.new_empty((p, c, t))  # a tuple: MONAI MetaTensor inputs reject the varargs form
         for start in range(0, p, step):
             stop = min(start + step, p)
             attention = torch.bmm(queries[start:stop], keys[start:stop].transpose(1, 2)).softmax(dim=-1)
