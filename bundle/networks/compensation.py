@@ -259,7 +259,10 @@ def mixed_patch_attention(
             and not _autocast_enabled(queries.device.type)
         )
         if plain:
-            return _ChunkedMixedAttention.apply(queries, keys, values, coefficients.to(queries.dtype))
+            # plain tensors: slicing a collated batch of MONAI MetaTensors chunk by chunk would
+            # re-derive (and reject) its per-item meta data; as_subclass keeps the autograd graph
+            q, k, v, c = (t.as_subclass(torch.Tensor) for t in (queries, keys, values, coefficients))
+            return _ChunkedMixedAttention.apply(q, k, v, c.to(q.dtype))
     return _mixed_attention_reference(queries, keys, values, coefficients)
 
 
