@@ -65,7 +65,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import datetime
 import importlib.util
@@ -94,9 +93,9 @@ __all__ = [
     "ARMS",
     "BASELINE_ARM",
     "CONTRAST_BINS",
+    "SCALES",
     "SIZE_BINS_MM3",
     "Scale",
-    "SCALES",
     "arm_network_flags",
     "lesion_contrasts",
     "main",
@@ -150,6 +149,7 @@ class Scale:
     auroc_ks: tuple[int, ...]
     k_study: tuple[int, ...]
     auroc_subjects: int
+    inference_size: int = 0
     num_subsets: int = 4
     learning_rate: float = 3e-4
     warmup_epochs: int = 1
@@ -162,20 +162,59 @@ class Scale:
 #: 2 cores with --jobs 2); ``large``: a GPU study.
 SCALES: dict[str, Scale] = {
     "quick": Scale(
-        resolution_mm=4, num_subjects=8, num_cohorts=4, input_size=64, network_preset="small",
-        max_epochs=1, slices_per_epoch=8, batch_size=4, mae_epochs=1, num_passes=1, seeds=(0, 1),
-        auroc_ks=(1, 2), k_study=(2,), auroc_subjects=1, num_subsets=2, sw_batch_size=64,
+        resolution_mm=4,
+        num_subjects=8,
+        num_cohorts=4,
+        input_size=64,
+        network_preset="small",
+        max_epochs=1,
+        slices_per_epoch=8,
+        batch_size=4,
+        mae_epochs=1,
+        num_passes=1,
+        seeds=(0, 1),
+        auroc_ks=(1, 2),
+        k_study=(2,),
+        auroc_subjects=1,
+        num_subsets=2,
+        sw_batch_size=64,
     ),
     "demo": Scale(
-        resolution_mm=3, num_subjects=60, num_cohorts=20, input_size=64, network_preset="small",
-        max_epochs=12, slices_per_epoch=320, batch_size=8, mae_epochs=5, num_passes=2, seeds=(0, 1, 2),
-        auroc_ks=(1, 2, 3, 4, 5, 6), k_study=(1, 5), auroc_subjects=8,
+        resolution_mm=3,
+        num_subjects=60,
+        num_cohorts=20,
+        input_size=64,
+        network_preset="small",
+        max_epochs=12,
+        slices_per_epoch=320,
+        batch_size=8,
+        mae_epochs=5,
+        num_passes=2,
+        seeds=(0, 1, 2),
+        auroc_ks=(1, 2, 3, 4, 5, 6),
+        k_study=(1, 5),
+        auroc_subjects=8,
+        inference_size=96,
     ),
     "large": Scale(
-        resolution_mm=2, num_subjects=120, num_cohorts=20, input_size=128, network_preset="paper",
-        max_epochs=30, slices_per_epoch=4000, batch_size=21, mae_epochs=100, num_passes=5,
-        seeds=(0, 1, 2), auroc_ks=(1, 2, 3, 4, 5, 6), k_study=(1, 2), auroc_subjects=24,
-        learning_rate=1e-4, warmup_epochs=5, lesion_oversampling=3.0, sw_batch_size=64,
+        resolution_mm=2,
+        num_subjects=120,
+        num_cohorts=20,
+        input_size=128,
+        network_preset="paper",
+        max_epochs=30,
+        slices_per_epoch=4000,
+        batch_size=21,
+        mae_epochs=100,
+        num_passes=5,
+        seeds=(0, 1, 2),
+        auroc_ks=(1, 2, 3, 4, 5, 6),
+        k_study=(1, 2),
+        auroc_subjects=24,
+        learning_rate=1e-4,
+        warmup_epochs=5,
+        lesion_oversampling=3.0,
+        sw_batch_size=64,
     ),
 }
 
@@ -245,7 +284,9 @@ def _cell(value: Any, digits: int = 3) -> str:
 
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(_cell(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -307,11 +348,19 @@ def machine_description(device: str) -> dict[str, Any]:
 
 def prepare_data(data_dir: Path, scale: Scale, seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
     """The look-alike of this scale in ``data_dir``: generated once, reused when its settings match."""
-    from bundle.data.synthetic_atlas import ATLAS_LESION_INDEX, generate_atlas_like_dataset, load_atlas_like_records
+    from bundle.data.synthetic_atlas import (
+        ATLAS_LESION_INDEX,
+        generate_atlas_like_dataset,
+        load_atlas_like_records,
+    )
 
     index = data_dir / ATLAS_LESION_INDEX
-    wanted = {"num_subjects": scale.num_subjects, "num_cohorts": scale.num_cohorts,
-              "resolution_mm": scale.resolution_mm, "seed": seed}
+    wanted = {
+        "num_subjects": scale.num_subjects,
+        "num_cohorts": scale.num_cohorts,
+        "resolution_mm": scale.resolution_mm,
+        "seed": seed,
+    }
     if index.is_file():
         params = json.loads(index.read_text()).get("generator_parameters", {})
         different = {k: (params.get(k), v) for k, v in wanted.items() if params.get(k) != v}
@@ -324,8 +373,12 @@ def prepare_data(data_dir: Path, scale: Scale, seed: int = 0, progress: bool = T
         return load_atlas_like_records(data_dir)
     logger.info(f"generating {scale.num_subjects} subjects at {scale.resolution_mm} mm in {data_dir}")
     return generate_atlas_like_dataset(
-        data_dir, num_subjects=scale.num_subjects, num_cohorts=scale.num_cohorts,
-        resolution_mm=scale.resolution_mm, seed=seed, progress=progress,
+        data_dir,
+        num_subjects=scale.num_subjects,
+        num_cohorts=scale.num_cohorts,
+        resolution_mm=scale.resolution_mm,
+        seed=seed,
+        progress=progress,
     )
 
 
@@ -382,7 +435,9 @@ def lesion_contrasts(
     if n == 0 or not lesions:
         return out
     _, nearest = ndimage.distance_transform_edt(labels == 0, return_indices=True)
-    world_to_voxel = np.linalg.inv(np.asarray(truth_affine, dtype=np.float64)) @ np.asarray(file_affine, dtype=np.float64)
+    world_to_voxel = np.linalg.inv(np.asarray(truth_affine, dtype=np.float64)) @ np.asarray(
+        file_affine, dtype=np.float64
+    )
     weight_sum, contrast_sum = np.zeros(n), np.zeros(n)
     for lesion in lesions:
         centre = world_to_voxel @ np.append(np.asarray(lesion["centroid_vox"], dtype=np.float64), 1.0)
@@ -407,7 +462,9 @@ def _parser(config_files: Sequence[str], overrides: Mapping[str, Any], progress:
     if not progress and "train#handlers" in parser:
         handlers = parser["train#handlers"]
         parser["train#handlers"] = [
-            h for h in handlers if not (isinstance(h, dict) and h.get("_target_") == "ignite.handlers.ProgressBar")
+            h
+            for h in handlers
+            if not (isinstance(h, dict) and h.get("_target_") == "ignite.handlers.ProgressBar")
         ]
     return parser
 
@@ -442,7 +499,9 @@ def train_mae(out: Path, scale: Scale, device: str, progress: bool, threads: int
     return mae_path
 
 
-def segmentation_overrides(out: Path, scale: Scale, arm: str, seed: int, device: str, run_dir: Path) -> dict[str, Any]:
+def segmentation_overrides(
+    out: Path, scale: Scale, arm: str, seed: int, device: str, run_dir: Path
+) -> dict[str, Any]:
     """ConfigParser overrides of ``train.json`` + ``demo.json`` for one (arm, seed) run."""
     k = _k_of_arm(arm)
     net = {
@@ -472,6 +531,9 @@ def segmentation_overrides(out: Path, scale: Scale, arm: str, seed: int, device:
         "network_preset": scale.network_preset,
         "network_def": net,
         "input_size": [scale.input_size, scale.input_size],
+        # inference on whole slices: one window of inference_size (the network is fully
+        # convolutional) instead of overlapping training-size tiles, about half the cost
+        "validate#inferer#roi_size": [scale.inference_size or scale.input_size] * 2,
         "max_epochs": scale.max_epochs,
         "max_slices_per_epoch": scale.slices_per_epoch,
         "batch_size": scale.batch_size,
@@ -494,7 +556,10 @@ def _volume_affine(tensor: Any) -> np.ndarray:
 
 
 def evaluate_network(
-    parser: Any, network: Any, test_records: Sequence[Mapping[str, Any]], lesion_index: Mapping[str, Any],
+    parser: Any,
+    network: Any,
+    test_records: Sequence[Mapping[str, Any]],
+    lesion_index: Mapping[str, Any],
     device: str,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, np.ndarray]]:
     """Predict and score the test subjects with the workflow's preprocessing and slice inferer.
@@ -526,8 +591,14 @@ def evaluate_network(
         spacing = voxel_spacing(affine)
         metrics = segmentation_metrics(pred, truth, spacing=spacing)
         subject = str(record["subject"])
-        row = {"subject": subject, "cohort": record.get("cohort"), "subset": record.get("subset"),
-               "has_lesion": bool(truth.any()), **metrics, "seconds": time.perf_counter() - start}
+        row = {
+            "subject": subject,
+            "cohort": record.get("cohort"),
+            "subset": record.get("subset"),
+            "has_lesion": bool(truth.any()),
+            **metrics,
+            "seconds": time.perf_counter() - start,
+        }
         subject_rows.append(row)
         predictions[subject] = pred.astype(np.uint8)
         per_lesion = lesion_size_bins(pred, truth, bins=(0.0, math.inf))
@@ -536,19 +607,23 @@ def evaluate_network(
         )
         voxel_mm3 = float(np.prod(spacing))
         for j in range(per_lesion["label"].size):
-            lesion_rows.append({
-                "subject": subject,
-                "lesion": int(per_lesion["label"][j]),
-                "voxels": int(per_lesion["size"][j]),
-                "volume_mm3": float(per_lesion["size"][j]) * voxel_mm3,
-                "contrast": float(contrasts[j]),
-                "detected": bool(per_lesion["detected"][j]),
-                "dice": float(per_lesion["dice"][j]),
-            })
+            lesion_rows.append(
+                {
+                    "subject": subject,
+                    "lesion": int(per_lesion["label"][j]),
+                    "voxels": int(per_lesion["size"][j]),
+                    "volume_mm3": float(per_lesion["size"][j]) * voxel_mm3,
+                    "contrast": float(contrasts[j]),
+                    "detected": bool(per_lesion["detected"][j]),
+                    "dice": float(per_lesion["dice"][j]),
+                }
+            )
     return subject_rows, lesion_rows, predictions
 
 
-def run_one(out: Path, scale: Scale, arm: str, seed: int, device: str, threads: int | None, progress: bool) -> dict[str, Any]:
+def run_one(
+    out: Path, scale: Scale, arm: str, seed: int, device: str, threads: int | None, progress: bool
+) -> dict[str, Any]:
     """Train and evaluate one (arm, seed); writes ``runs/<arm>/seed<seed>/result.json`` last."""
     import torch
 
@@ -563,7 +638,9 @@ def run_one(out: Path, scale: Scale, arm: str, seed: int, device: str, threads: 
     run_dir.mkdir(parents=True, exist_ok=True)
     split = json.loads((out / "split.json").read_text())
     lesion_index = json.loads((out / "lesion_index.json").read_text())
-    parser = _parser(["train.json", "demo.json"], segmentation_overrides(out, scale, arm, seed, device, run_dir), progress)
+    parser = _parser(
+        ["train.json", "demo.json"], segmentation_overrides(out, scale, arm, seed, device, run_dir), progress
+    )
     if not progress:
         parser["train#dataset#progress"] = False
     start = time.perf_counter()
@@ -651,7 +728,10 @@ def _run_summary(result: Mapping[str, Any]) -> dict[str, float]:
     rows = [r for r in result["subjects"] if r["has_lesion"]]
     if not rows:
         return {m: math.nan for m in METRICS}
-    metric_rows = [{**{m: r[m] for m in METRICS}, **({"subset": r["subset"]} if r.get("subset") is not None else {})} for r in rows]
+    metric_rows = [
+        {**{m: r[m] for m in METRICS}, **({"subset": r["subset"]} if r.get("subset") is not None else {})}
+        for r in rows
+    ]
     grouped = all("subset" in r for r in metric_rows)
     summary = aggregate_metrics(metric_rows, group_key="subset" if grouped else None)
     out = {m: float(summary["mean"][m]) for m in METRICS}
@@ -660,7 +740,9 @@ def _run_summary(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _bin_rows(lesions: Sequence[Mapping[str, Any]], key: str, edges: Sequence[float]) -> list[dict[str, float]]:
+def _bin_rows(
+    lesions: Sequence[Mapping[str, Any]], key: str, edges: Sequence[float]
+) -> list[dict[str, float]]:
     from bundle.metrics import summarise_lesion_bins
 
     usable = [l for l in lesions if l[key] is not None and math.isfinite(l[key])]
@@ -703,12 +785,16 @@ def summarise(results: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> dict
             for b in range(len(edges) - 1):
                 dice_mean, dice_std = _mean_std([s[b]["mean_dice"] for s in per_seed_bins])
                 det_mean, det_std = _mean_std([s[b]["detection_rate"] for s in per_seed_bins])
-                bins.append({
-                    "bin": _bin_name(edges[b], edges[b + 1], unit),
-                    "n_lesions": per_seed_bins[0][b]["n_lesions"],
-                    "dice_mean": dice_mean, "dice_std": dice_std,
-                    "detection_rate_mean": det_mean, "detection_rate_std": det_std,
-                })
+                bins.append(
+                    {
+                        "bin": _bin_name(edges[b], edges[b + 1], unit),
+                        "n_lesions": per_seed_bins[0][b]["n_lesions"],
+                        "dice_mean": dice_mean,
+                        "dice_std": dice_std,
+                        "detection_rate_mean": det_mean,
+                        "detection_rate_std": det_std,
+                    }
+                )
             entry["by_size" if key == "volume_mm3" else "by_contrast"] = bins
         summary["arms"][arm] = entry
         per_subject = {}
@@ -733,7 +819,10 @@ def summarise(results: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> dict
 
 
 def residual_map_auroc(
-    out: Path, scale: Scale, test_records: Sequence[Mapping[str, Any]], lesion_index: Mapping[str, Sequence[Any]]
+    out: Path,
+    scale: Scale,
+    test_records: Sequence[Mapping[str, Any]],
+    lesion_index: Mapping[str, Sequence[Any]],
 ) -> dict[str, Any]:
     """AUROC of the maps (paper Tables 4-5): K x masking, and single ratios vs the 0.5+0.75 pair."""
     path = out / "residual_map_auroc.json"
@@ -748,11 +837,17 @@ def residual_map_auroc(
     subjects = [pre(dict(r)) for r in chosen]
     mae = str(out / "models" / "mae.pt")
     start = time.perf_counter()
-    k_rows = study.run_study(mae, subjects, ks=scale.auroc_ks, maskings=("random", "stratified"), ratios=(0.5, 0.75))
+    k_rows = study.run_study(
+        mae, subjects, ks=scale.auroc_ks, maskings=("random", "stratified"), ratios=(0.5, 0.75)
+    )
     ratio_rows = study.run_study(
         mae, subjects, ks=(scale.num_passes,), maskings=("random",), ratios=(0.3, 0.5, 0.75, 0.9)
     )
-    pair = next(r for r in k_rows if r["masking"] == "random" and r["num_passes"] == scale.num_passes) if scale.num_passes in scale.auroc_ks else None
+    pair = (
+        next(r for r in k_rows if r["masking"] == "random" and r["num_passes"] == scale.num_passes)
+        if scale.num_passes in scale.auroc_ks
+        else None
+    )
     ratios = [{"maps": f"{r:g}", "auroc": ratio_rows[0][f"auroc_r{r:g}"]} for r in (0.3, 0.5, 0.75, 0.9)]
     if pair is not None:
         ratios.append({"maps": "0.5 + 0.75 (mean map)", "auroc": pair["auroc_mean"]})
@@ -775,65 +870,151 @@ def write_tables(out: Path, summary: Mapping[str, Any], auroc: Mapping[str, Any]
     arms = summary["arms"]
     arm_rows = []
     for arm, e in arms.items():
-        arm_rows.append({"arm": arm, "label": e["label"], "num_passes": e["num_passes"], "seeds": len(e["seeds"]),
-                         "parameters": e["parameters"],
-                         **{f"{m}_{s}": e[f"{m}_{s}"] for m in METRICS for s in ("mean", "std")},
-                         "train_seconds_mean": e["train_seconds_mean"]})
+        arm_rows.append(
+            {
+                "arm": arm,
+                "label": e["label"],
+                "num_passes": e["num_passes"],
+                "seeds": len(e["seeds"]),
+                "parameters": e["parameters"],
+                **{f"{m}_{s}": e[f"{m}_{s}"] for m in METRICS for s in ("mean", "std")},
+                "train_seconds_mean": e["train_seconds_mean"],
+            }
+        )
     _write_csv(arm_rows, out / "arms.csv")
-    bin_rows = [{"arm": a, "binning": b_key, **b} for a, e in arms.items() for b_key in ("by_size", "by_contrast") for b in e[b_key]]
+    bin_rows = [
+        {"arm": a, "binning": b_key, **b}
+        for a, e in arms.items()
+        for b_key in ("by_size", "by_contrast")
+        for b in e[b_key]
+    ]
     _write_csv(bin_rows, out / "lesion_bins.csv")
-    subject_rows = [{"arm": a, "subject": s, "dice_seed_mean": v} for a, d in summary["per_subject_dice"].items() for s, v in d.items()]
+    subject_rows = [
+        {"arm": a, "subject": s, "dice_seed_mean": v}
+        for a, d in summary["per_subject_dice"].items()
+        for s, v in d.items()
+    ]
     _write_csv(subject_rows, out / "per_subject_dice.csv")
-    paired_rows = [{"arm": a, "baseline": BASELINE_ARM, **t} for a, t in summary["paired_vs_baseline"].items()]
+    paired_rows = [
+        {"arm": a, "baseline": BASELINE_ARM, **t} for a, t in summary["paired_vs_baseline"].items()
+    ]
     _write_csv(paired_rows, out / "paired_tests.csv")
 
     md = ["### Arms (mean ± std over seeds of the per-run means over lesion-bearing test subjects)\n"]
     header = ["arm", "K", "seeds", "params", *METRICS]
-    md.append(_markdown_table(header, [
-        [e["label"], str(e["num_passes"]) if _uses_rcu(a) else "-", str(len(e["seeds"])), f"{e['parameters'] / 1e6:.2f} M",
-         *[_pm(e[f"{m}_mean"], e[f"{m}_std"]) for m in METRICS]]
-        for a, e in arms.items()
-    ]))
-    md.append(f"\n### Paired comparison with {arm_label(BASELINE_ARM)} (per-subject Dice averaged over seeds; Wilcoxon signed-rank, two-sided)\n")
-    md.append(_markdown_table(
-        ["arm", "subjects", "mean ΔDice", "median ΔDice", "better / worse", "W", "p"],
-        [[arm_label(a), str(t["n"]), _cell(t["mean_difference"], 4), _cell(t["median_difference"], 4),
-          f"{t['n_better']} / {t['n_worse']}", _cell(t["statistic"], 1), _cell(t["p_value"], 4)]
-         for a, t in summary["paired_vs_baseline"].items()],
-    ))
-    for key, title in (("by_size", "Per-lesion Dice by lesion size (paper Fig. 9 bins, mm³ = 1 mm voxels)"),
-                       ("by_contrast", "Per-lesion Dice by lesion contrast (fractional darkening)")):
+    md.append(
+        _markdown_table(
+            header,
+            [
+                [
+                    e["label"],
+                    str(e["num_passes"]) if _uses_rcu(a) else "-",
+                    str(len(e["seeds"])),
+                    f"{e['parameters'] / 1e6:.2f} M",
+                    *[_pm(e[f"{m}_mean"], e[f"{m}_std"]) for m in METRICS],
+                ]
+                for a, e in arms.items()
+            ],
+        )
+    )
+    md.append(
+        f"\n### Paired comparison with {arm_label(BASELINE_ARM)} (per-subject Dice averaged over seeds; Wilcoxon signed-rank, two-sided)\n"
+    )
+    md.append(
+        _markdown_table(
+            ["arm", "subjects", "mean ΔDice", "median ΔDice", "better / worse", "W", "p"],
+            [
+                [
+                    arm_label(a),
+                    str(t["n"]),
+                    _cell(t["mean_difference"], 4),
+                    _cell(t["median_difference"], 4),
+                    f"{t['n_better']} / {t['n_worse']}",
+                    _cell(t["statistic"], 1),
+                    _cell(t["p_value"], 4),
+                ]
+                for a, t in summary["paired_vs_baseline"].items()
+            ],
+        )
+    )
+    for key, title in (
+        ("by_size", "Per-lesion Dice by lesion size (paper Fig. 9 bins, mm³ = 1 mm voxels)"),
+        ("by_contrast", "Per-lesion Dice by lesion contrast (fractional darkening)"),
+    ):
         first = next(iter(arms.values()))
         md.append(f"\n### {title}\n")
-        md.append(_markdown_table(
-            ["arm", *[f"{b['bin']} (n={int(b['n_lesions'])})" for b in first[key]]],
-            [[e["label"], *[_pm(b["dice_mean"], b["dice_std"]) for b in e[key]]] for e in arms.values()],
-        ))
+        md.append(
+            _markdown_table(
+                ["arm", *[f"{b['bin']} (n={int(b['n_lesions'])})" for b in first[key]]],
+                [[e["label"], *[_pm(b["dice_mean"], b["dice_std"]) for b in e[key]]] for e in arms.values()],
+            )
+        )
         md.append("\nDetection rate (any overlap):\n\n")
-        md.append(_markdown_table(
-            ["arm", *[b["bin"] for b in first[key]]],
-            [[e["label"], *[_pm(b["detection_rate_mean"], b["detection_rate_std"]) for b in e[key]]] for e in arms.values()],
-        ))
+        md.append(
+            _markdown_table(
+                ["arm", *[b["bin"] for b in first[key]]],
+                [
+                    [e["label"], *[_pm(b["detection_rate_mean"], b["detection_rate_std"]) for b in e[key]]]
+                    for e in arms.values()
+                ],
+            )
+        )
     if auroc is not None:
         _write_csv(auroc["k_masking"], out / "residual_map_auroc_k.csv")
         _write_csv(auroc["ratios"], out / "residual_map_auroc_ratios.csv")
-        md.append(f"\n### Residual-map AUROC (lesion vs healthy brain voxels, {len(auroc['subjects'])} test subjects) by K and masking\n")
-        md.append(_markdown_table(
-            ["masking", "K", "AUROC r0.5", "AUROC r0.75", "AUROC mean map", "seed variability", "s / volume"],
-            [[r["masking"], str(r["num_passes"]), _cell(r["auroc_r0.5"], 4), _cell(r["auroc_r0.75"], 4),
-              _cell(r["auroc_mean"], 4), _cell(r["seed_variability"], 4), _cell(r["seconds_per_volume"], 3)]
-             for r in auroc["k_masking"]],
-        ))
-        md.append(f"\n### Residual-map AUROC by mask ratio (random masking, K={auroc['num_passes_for_ratios']})\n")
-        md.append(_markdown_table(["mask ratio(s)", "AUROC"], [[r["maps"], _cell(r["auroc"], 4)] for r in auroc["ratios"]]))
+        md.append(
+            f"\n### Residual-map AUROC (lesion vs healthy brain voxels, {len(auroc['subjects'])} test subjects) by K and masking\n"
+        )
+        md.append(
+            _markdown_table(
+                [
+                    "masking",
+                    "K",
+                    "AUROC r0.5",
+                    "AUROC r0.75",
+                    "AUROC mean map",
+                    "seed variability",
+                    "s / volume",
+                ],
+                [
+                    [
+                        r["masking"],
+                        str(r["num_passes"]),
+                        _cell(r["auroc_r0.5"], 4),
+                        _cell(r["auroc_r0.75"], 4),
+                        _cell(r["auroc_mean"], 4),
+                        _cell(r["seed_variability"], 4),
+                        _cell(r["seconds_per_volume"], 3),
+                    ]
+                    for r in auroc["k_masking"]
+                ],
+            )
+        )
+        md.append(
+            f"\n### Residual-map AUROC by mask ratio (random masking, K={auroc['num_passes_for_ratios']})\n"
+        )
+        md.append(
+            _markdown_table(
+                ["mask ratio(s)", "AUROC"], [[r["maps"], _cell(r["auroc"], 4)] for r in auroc["ratios"]]
+            )
+        )
     k_arms = {a: e for a, e in arms.items() if _uses_rcu(a) and a != "unetpp_gcu_rcu_noscore"}
     if len(k_arms) > 1:
         md.append("\n### Dice of the full model by number of MAE passes K\n")
-        md.append(_markdown_table(
-            ["K", "Dice", "lesion F1", "seeds"],
-            [[str(e["num_passes"]), _pm(e["dice_mean"], e["dice_std"]), _pm(e["lesion_f1_mean"], e["lesion_f1_std"]), str(len(e["seeds"]))]
-             for e in sorted(k_arms.values(), key=lambda e: e["num_passes"])],
-        ))
+        md.append(
+            _markdown_table(
+                ["K", "Dice", "lesion F1", "seeds"],
+                [
+                    [
+                        str(e["num_passes"]),
+                        _pm(e["dice_mean"], e["dice_std"]),
+                        _pm(e["lesion_f1_mean"], e["lesion_f1_std"]),
+                        str(len(e["seeds"])),
+                    ]
+                    for e in sorted(k_arms.values(), key=lambda e: e["num_passes"])
+                ],
+            )
+        )
     text = "".join(md)
     (out / "tables.md").write_text(text)
     return text
@@ -880,8 +1061,10 @@ def write_figures(out: Path, summary: Mapping[str, Any], split: Mapping[str, Any
     ax.grid(True, axis="y", alpha=0.3)
     save(fig, "ablation_arms.png")
 
-    for key, name, xlabel in (("by_size", "dice_by_lesion_size.png", "lesion volume (mm³ = 1 mm voxels)"),
-                              ("by_contrast", "dice_by_lesion_contrast.png", "lesion contrast (fractional darkening)")):
+    for key, name, xlabel in (
+        ("by_size", "dice_by_lesion_size.png", "lesion volume (mm³ = 1 mm voxels)"),
+        ("by_contrast", "dice_by_lesion_contrast.png", "lesion contrast (fractional darkening)"),
+    ):
         fig = Figure(figsize=(8, 4), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.subplots()
@@ -890,7 +1073,14 @@ def write_figures(out: Path, summary: Mapping[str, Any], split: Mapping[str, Any
         for i, a in enumerate(names):
             vals = [b["dice_mean"] if math.isfinite(b["dice_mean"]) else 0.0 for b in arms[a][key]]
             errs = [b["dice_std"] if math.isfinite(b["dice_std"]) else 0.0 for b in arms[a][key]]
-            ax.bar(np.arange(len(bins)) + (i - (len(names) - 1) / 2) * width, vals, width, yerr=errs, capsize=2, label=arms[a]["label"])
+            ax.bar(
+                np.arange(len(bins)) + (i - (len(names) - 1) / 2) * width,
+                vals,
+                width,
+                yerr=errs,
+                capsize=2,
+                label=arms[a]["label"],
+            )
         ax.set_xticks(range(len(bins)), [f"{b['bin']}\n(n={int(b['n_lesions'])})" for b in bins])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("per-lesion Dice")
@@ -932,15 +1122,25 @@ def _overlay_figure(out: Path, summary: Mapping[str, Any], split: Mapping[str, A
     axes = fig.subplots(1, len(arms) + 1, squeeze=False)[0]
     base = np.rot90(take_slice(image, axis, index))
     axes[0].imshow(base, cmap="gray")
-    axes[0].contour(np.rot90(take_slice(truth, axis, index)).astype(float), levels=[0.5], colors="lime", linewidths=0.8)
+    axes[0].contour(
+        np.rot90(take_slice(truth, axis, index)).astype(float), levels=[0.5], colors="lime", linewidths=0.8
+    )
     axes[0].set_title(f"{subject}\ntruth (green)", fontsize=8)
     for ax, arm in zip(axes[1:], arms):
         ax.imshow(base, cmap="gray")
-        ax.contour(np.rot90(take_slice(truth, axis, index)).astype(float), levels=[0.5], colors="lime", linewidths=0.8)
+        ax.contour(
+            np.rot90(take_slice(truth, axis, index)).astype(float),
+            levels=[0.5],
+            colors="lime",
+            linewidths=0.8,
+        )
         pred = np.rot90(take_slice(masks[arm], axis, index)).astype(float)
         if pred.any():
             ax.contour(pred, levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_title(f"{arm_label(arm)}\nDice {summary['per_subject_dice'][arm].get(subject, math.nan):.3f} (seed mean)", fontsize=8)
+        ax.set_title(
+            f"{arm_label(arm)}\nDice {summary['per_subject_dice'][arm].get(subject, math.nan):.3f} (seed mean)",
+            fontsize=8,
+        )
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
@@ -950,7 +1150,9 @@ def _overlay_figure(out: Path, summary: Mapping[str, Any], split: Mapping[str, A
     return path
 
 
-def write_docs(docs_path: Path, out: Path, tables: str, figures: Sequence[Path], meta: Mapping[str, Any]) -> Path:
+def write_docs(
+    docs_path: Path, out: Path, tables: str, figures: Sequence[Path], meta: Mapping[str, Any]
+) -> Path:
     """The results page: command, machine, date, sizes, tables and figures; the reading left to a human."""
     from bundle.engines.inference import atomic_output
 
@@ -965,32 +1167,33 @@ def write_docs(docs_path: Path, out: Path, tables: str, figures: Sequence[Path],
     sizes = meta["scale"]
     text = f"""# Ablation on the ATLAS look-alike (issue 9)
 
-Generated by `scripts/ablation.py` on {meta['date']}; edit only the section marked for a human.
+Generated by `scripts/ablation.py` on {meta["date"]}; edit only the section marked for a human.
 
 ## How it was made
 
 ```
-{meta['command']}
+{meta["command"]}
 ```
 
-- Machine: {m['cpu']}, {m['cpu_count']} cores, {m['platform']}; Python {m['python']}, torch {m['torch']};
-  device `{m['device']}`{(' (' + m['gpu'] + ')') if m.get('gpu') else ''}; load average at start {m.get('load_average_at_start', 'n/a')};
-  torch threads per run {meta.get('threads')}, parallel runs {meta.get('jobs')}.
-- Scale `{meta['scale_name']}`: {sizes['num_subjects']} synthetic subjects at {sizes['resolution_mm']} mm in {sizes['num_cohorts']} cohorts;
-  split {meta['split_method']}: {meta['num_train']} training / {meta['num_test']} test subjects ({meta['num_test_lesion']} with lesions),
-  cohort-disjoint. Network preset `{sizes['network_preset']}`, input {sizes['input_size']} x {sizes['input_size']};
-  every run {sizes['max_epochs']} epochs x {sizes['slices_per_epoch']} slices, batch {sizes['batch_size']}, peak lr
-  {sizes['learning_rate'] * 10:g} ({sizes['warmup_epochs']}-epoch warm-up, cosine), lesion-slice oversampling
-  {sizes['lesion_oversampling']:g}, last weights (no model selection). MAE: tiny demo MAE, {sizes['mae_epochs']} epochs on the training
-  subjects' lesion-free slices; residual maps with K = {sizes['num_passes']} passes, {meta['masking']} masking (ratios 0.5
-  and 0.75), computed once and shared. Seeds {list(sizes['seeds'])}.
+- Machine: {m["cpu"]}, {m["cpu_count"]} cores, {m["platform"]}; Python {m["python"]}, torch {m["torch"]};
+  device `{m["device"]}`{(" (" + m["gpu"] + ")") if m.get("gpu") else ""}; load average at start {m.get("load_average_at_start", "n/a")};
+  torch threads per run {meta.get("threads")}, parallel runs {meta.get("jobs")}.
+- Scale `{meta["scale_name"]}`: {sizes["num_subjects"]} synthetic subjects at {sizes["resolution_mm"]} mm in {sizes["num_cohorts"]} cohorts;
+  split {meta["split_method"]}: {meta["num_train"]} training / {meta["num_test"]} test subjects ({meta["num_test_lesion"]} with lesions),
+  cohort-disjoint. Network preset `{sizes["network_preset"]}`, training crops {sizes["input_size"]} x {sizes["input_size"]},
+  inference windows {sizes["inference_size"] or sizes["input_size"]} x {sizes["inference_size"] or sizes["input_size"]};
+  every run {sizes["max_epochs"]} epochs x {sizes["slices_per_epoch"]} slices, batch {sizes["batch_size"]}, peak lr
+  {sizes["learning_rate"] * 10:g} ({sizes["warmup_epochs"]}-epoch warm-up, cosine), lesion-slice oversampling
+  {sizes["lesion_oversampling"]:g}, last weights (no model selection). MAE: tiny demo MAE, {sizes["mae_epochs"]} epochs on the training
+  subjects' lesion-free slices; residual maps with K = {sizes["num_passes"]} passes, {meta["masking"]} masking (ratios 0.5
+  and 0.75), computed once and shared. Seeds {list(sizes["seeds"])}.
 - Inputs: U-Net, UNet++ and UNet++ + GCU see the image alone (their encoders take only the image
   channel and the residual-map channels are ignored without RCUs); the RCU arms see the image and the residual maps.
 - Metrics over the lesion-bearing test subjects (mean per subset, then over subsets when the split has subsets),
   per run; tables give mean ± std over seeds. Per-lesion Dice: component-overlap Dice
   (`bundle.metrics`), lesions pooled over the test subjects of a run. Lesion contrast: the generator's
   fractional darkening of the lesion (`lesions.json`).
-- Wall time of the whole study: {meta['total_seconds'] / 60:.1f} min.
+- Wall time of the whole study: {meta["total_seconds"] / 60:.1f} min.
 
 ## Results
 
@@ -1075,7 +1278,9 @@ def run_study(
         _write_json(split, split_path)
     lesion_index = {str(r["subject"]): r["lesions"] for r in records}
     _write_json(lesion_index, out / "lesion_index.json")
-    logger.info(f"split ({split['method']}): {len(split['training'])} training, {len(split['test'])} test subjects")
+    logger.info(
+        f"split ({split['method']}): {len(split['training'])} training, {len(split['test'])} test subjects"
+    )
 
     mark = lap("data and split", start)
     train_mae(out, scale, device, progress, threads)
@@ -1087,9 +1292,13 @@ def run_study(
     auroc_result = residual_map_auroc(out, scale, split["test"], lesion_index) if auroc else None
     mark = lap("residual-map AUROC study", mark)
 
-    tasks = [(out, scale, arm, seed, device, threads, progress and jobs == 1) for arm in arm_list for seed in seeds]
+    tasks = [
+        (out, scale, arm, seed, device, threads, progress and jobs == 1) for arm in arm_list for seed in seeds
+    ]
     pending = [t for t in tasks if not (out / "runs" / t[2] / f"seed{t[3]}" / "result.json").is_file()]
-    logger.info(f"{len(tasks)} runs, {len(tasks) - len(pending)} finished earlier; running {len(pending)} with {jobs} job(s)")
+    logger.info(
+        f"{len(tasks)} runs, {len(tasks) - len(pending)} finished earlier; running {len(pending)} with {jobs} job(s)"
+    )
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(pending), desc="ablation runs", unit="run", disable=not progress)
@@ -1099,7 +1308,9 @@ def run_study(
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for result in pool.map(_run_one_logged, pending):
                 bar.update(1)
-                logger.info(f"finished {result['arm']} seed {result['seed']} in {result['train_seconds']:.0f} s")
+                logger.info(
+                    f"finished {result['arm']} seed {result['seed']} in {result['train_seconds']:.0f} s"
+                )
     else:
         for task in pending:
             result = run_one(*task)
@@ -1131,7 +1342,9 @@ def run_study(
         "arms": arm_list,
         "total_seconds": total,
         "phase_seconds": phases,
-        "run_seconds": {f"{r['arm']}/seed{r['seed']}": round(r["train_seconds"] + r["eval_seconds"], 1) for r in results},
+        "run_seconds": {
+            f"{r['arm']}/seed{r['seed']}": round(r["train_seconds"] + r["eval_seconds"], 1) for r in results
+        },
     }
     payload = {"meta": meta, "summary": summary, "residual_map_auroc": auroc_result}
     _write_json(payload, out / "results.json")
@@ -1141,10 +1354,16 @@ def run_study(
     return payload
 
 
-def _fill_cache(out: Path, scale: Scale, k: int, device: str, split: Mapping[str, Any], progress: bool) -> None:
+def _fill_cache(
+    out: Path, scale: Scale, k: int, device: str, split: Mapping[str, Any], progress: bool
+) -> None:
     """Compute (or find) the cached residual maps of every training and test volume for K passes."""
     arm = "grcsf" if k == scale.num_passes else f"grcsf_k{k}"
-    parser = _parser(["train.json", "demo.json"], segmentation_overrides(out, scale, arm, 0, device, out / "cache-fill"), False)
+    parser = _parser(
+        ["train.json", "demo.json"],
+        segmentation_overrides(out, scale, arm, 0, device, out / "cache-fill"),
+        False,
+    )
     transform = parser.get_parsed_content("cached_volume_transform")
     from tqdm.auto import tqdm
 
@@ -1154,21 +1373,41 @@ def _fill_cache(out: Path, scale: Scale, k: int, device: str, split: Mapping[str
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", required=True, help="study folder (created; a rerun continues it)")
-    parser.add_argument("--scale", choices=list(SCALES), default="demo", help="sizes of the study (default demo)")
-    parser.add_argument("--quick", action="store_true", help="same as --scale quick: CI smoke run, meaningless numbers")
     parser.add_argument(
-        "--data-dir", default=None, help="data folder (default demo_data/ablation_<scale>_<r>mm; quick: <output-dir>/data)"
+        "--scale", choices=list(SCALES), default="demo", help="sizes of the study (default demo)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="same as --scale quick: CI smoke run, meaningless numbers"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="data folder (default demo_data/ablation_<scale>_<r>mm; quick: <output-dir>/data)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: the scale's)")
-    parser.add_argument("--arms", nargs="+", default=None, choices=list(ARMS), help="arms (default all)")
-    parser.add_argument("--k-study", type=int, nargs="*", default=None,
-                        help="extra K values for the full model's Dice (default: the scale's; none: --k-study)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (e.g. 2 on 2 CPU cores)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads per run (default: torch's; 1 with --jobs > 1 or --quick)"
+        "--seeds", type=int, nargs="+", default=None, help="training seeds (default: the scale's)"
+    )
+    parser.add_argument("--arms", nargs="+", default=None, choices=list(ARMS), help="arms (default all)")
+    parser.add_argument(
+        "--k-study",
+        type=int,
+        nargs="*",
+        default=None,
+        help="extra K values for the full model's Dice (default: the scale's; none: --k-study)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel processes (e.g. 2 on 2 CPU cores)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per run (default: torch's; 1 with --jobs > 1 or --quick)",
     )
     parser.add_argument("--no-auroc", action="store_true", help="skip the residual-map AUROC study")
     parser.add_argument("--docs", default=None, help="also write this results page (e.g. docs/results.md)")
@@ -1187,12 +1426,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     arms = list(args.arms) if args.arms else None
     if arms is not None and BASELINE_ARM not in arms:
         arms = [BASELINE_ARM, *arms]
-    command = "python scripts/ablation.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python scripts/ablation.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     try:
         return run_study(
-            args.output_dir, scale_name=scale, data_dir=args.data_dir, device=args.device, seeds=args.seeds,
-            arms=arms, k_study=args.k_study, jobs=args.jobs, threads=threads, auroc=not args.no_auroc,
-            docs=args.docs, progress=not args.no_progress, command=command,
+            args.output_dir,
+            scale_name=scale,
+            data_dir=args.data_dir,
+            device=args.device,
+            seeds=args.seeds,
+            arms=arms,
+            k_study=args.k_study,
+            jobs=args.jobs,
+            threads=threads,
+            auroc=not args.no_auroc,
+            docs=args.docs,
+            progress=not args.no_progress,
+            command=command,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         raise SystemExit(f"error: {err}") from err

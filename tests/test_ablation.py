@@ -48,10 +48,24 @@ def quick_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_quick_study_writes_every_output(quick_study: dict) -> None:
     out = quick_study["out"]
-    for name in ("results.json", "tables.md", "arms.csv", "lesion_bins.csv", "paired_tests.csv",
-                 "per_subject_dice.csv", "residual_map_auroc_k.csv", "residual_map_auroc_ratios.csv", "split.json"):
+    for name in (
+        "results.json",
+        "tables.md",
+        "arms.csv",
+        "lesion_bins.csv",
+        "paired_tests.csv",
+        "per_subject_dice.csv",
+        "residual_map_auroc_k.csv",
+        "residual_map_auroc_ratios.csv",
+        "split.json",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    for name in ("ablation_arms.png", "dice_by_lesion_size.png", "dice_by_lesion_contrast.png", "example_overlays.png"):
+    for name in (
+        "ablation_arms.png",
+        "dice_by_lesion_size.png",
+        "dice_by_lesion_contrast.png",
+        "example_overlays.png",
+    ):
         data = (out / "figures" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
     results = json.loads((out / "results.json").read_text())
@@ -77,7 +91,14 @@ def test_quick_study_writes_every_output(quick_study: dict) -> None:
     assert [r["maps"] for r in auroc["ratios"]] == ["0.3", "0.5", "0.75", "0.9", "0.5 + 0.75 (mean map)"]
     assert all(0.0 <= r["auroc"] <= 1.0 for r in auroc["ratios"])
     tables = (out / "tables.md").read_text()
-    for label in ("U-Net", "UNet++ + GCU + RCU w/o score", "GRCSF (full)", "Wilcoxon", "AUROC", "by number of MAE passes"):
+    for label in (
+        "U-Net",
+        "UNet++ + GCU + RCU w/o score",
+        "GRCSF (full)",
+        "Wilcoxon",
+        "AUROC",
+        "by number of MAE passes",
+    ):
         assert label in tables
 
 
@@ -139,7 +160,9 @@ def test_a_rerun_skips_finished_runs(quick_study: dict) -> None:
     out = quick_study["out"]
     result = out / "runs" / "unet" / "seed0" / "result.json"
     before = result.stat().st_mtime_ns
-    payload = ablation.run_study(out, scale_name="quick", arms=["unet", "unetpp"], k_study=(), auroc=False, progress=False)
+    payload = ablation.run_study(
+        out, scale_name="quick", arms=["unet", "unetpp"], k_study=(), auroc=False, progress=False
+    )
     assert result.stat().st_mtime_ns == before  # not trained again
     assert list(payload["summary"]["arms"]) == ["unet", "unetpp"]
     assert payload["meta"]["phase_seconds"]["0 training + evaluation runs"] >= 0
@@ -168,13 +191,20 @@ def test_lesion_contrasts_follow_the_lesion_records() -> None:
     # a centroid just outside its lesion still finds it; a flipped grid maps through the affines
     flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
     flipped[0, 3] = 11.0
-    moved = [dict(lesions[0], centroid_vox=[11 - 9.0, 9.0, 9.0]), dict(lesions[1], centroid_vox=[11 - 4.6, 2.0, 2.0])]
+    moved = [
+        dict(lesions[0], centroid_vox=[11 - 9.0, 9.0, 9.0]),
+        dict(lesions[1], centroid_vox=[11 - 4.6, 2.0, 2.0]),
+    ]
     assert ablation.lesion_contrasts(truth, eye, flipped, moved) == pytest.approx([0.2, 0.6])
     assert math.isnan(ablation.lesion_contrasts(truth, eye, eye, lesions[:1])[0])
 
 
 def test_arms_and_their_inputs() -> None:
-    assert ablation.arm_network_flags("unet") == {"backbone": "unet", "gcu_levels": False, "rcu_layers": False}
+    assert ablation.arm_network_flags("unet") == {
+        "backbone": "unet",
+        "gcu_levels": False,
+        "rcu_layers": False,
+    }
     assert ablation.arm_network_flags("grcsf_k5") == {}
     with pytest.raises(ValueError, match="unknown arm"):
         ablation.arm_network_flags("transunet")
