@@ -241,6 +241,11 @@ def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
         help="slices per training step (default: 2 on CPU, 16 on CUDA).",
     )
     parser.add_argument("--no-train", action="store_true", help="skip the training-step measurement.")
+    parser.add_argument(
+        "--only-train",
+        action="store_true",
+        help="only the training-step measurement (no maps, no end to end).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON.")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file.")
@@ -375,6 +380,12 @@ def _slice_block(spec: tuple[int, int] | int | str, num_slices: int) -> tuple[in
     count = min(spec, num_slices)
     start = (num_slices - count) // 2
     return start, start + count
+
+
+def _foreground_slices(volume: torch.Tensor, axis: int, threshold: float | None) -> int:
+    """Slices along spatial ``axis`` of a ``(C, X, Y, Z)`` volume that the residual maps reconstruct."""
+    peaks = torch.as_tensor(volume).movedim(1 + axis, 0).flatten(1).amax(dim=1)
+    return int((peaks > threshold).sum()) if threshold is not None else int(peaks.numel())
 
 
 # ---------------------------------------------------------------------------------- pipeline
@@ -791,128 +802,133 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         f"slices {start}:{stop} of {spatial[axis]} along axis {axis}, image {image_path}",
     )
 
-    # ---- equality checks (before any speed-up is reported)
     checks: dict[str, Any] = {}
-    first_reference_runs: dict[str, dict[str, float]] = {}
-    block = preprocessing()({"image": image_path})["image"]
-    kept = None
-    for name, setting in settings.items():
-        _log(
-            quiet,
-            f"checking {name} (K={setting['num_passes']} {setting['masking']}): batched vs reference maps, "
-            "segmentation from both",
-        )
-        pipe = pipelines[f"grcsf_{name}"]
-        item = pipe.maps_transforms.transforms[0]({"image": block})  # ResidualMapd alone
-        check, fast, reference, first_reference_runs[name] = _check_maps(
-            name,
-            pipe.residual,
-            block,
-            item["residual_maps"],
-            amp_dtype is not None,
-            int(args.mae_batch_size),
-            clock,
-        )
-        check.update(_check_segmentation(name, pipe, block, fast, reference, amp_dtype is not None))
-        checks[name] = check
-        threshold = args.foreground_threshold
-        peaks = block.as_tensor().movedim(1 + axis, 0).flatten(1).amax(dim=1)
-        kept = int((peaks > threshold).sum()) if threshold is not None else int(peaks.numel())
-        _log(quiet, f"checks {name}: {check}")
-
-    # ---- residual maps: batched (as configured) vs naive reference
     maps: dict[str, Any] = {}
-    for name, setting in settings.items():
-        residual = pipelines[f"grcsf_{name}"].residual
-        masks = residual.draw_masks(block)
-        common = {
-            "slice_axis": slice_axis,
-            "foreground_threshold": args.foreground_threshold,
-            "device": device,
-            "output_device": None,
-        }
-        batched_runs, batched_fp32_runs, reference_runs = [], [], []
-        for i in range(args.warmup + args.repeats):
-            with clock as c:
-                compute_residual_maps(
-                    residual.mae,
-                    block,
-                    masks,
-                    batch_size=int(args.mae_batch_size),
-                    amp=amp_dtype is not None,
-                    amp_dtype=amp_dtype,
-                    **common,
-                )
-            if i >= args.warmup:
-                batched_runs.append({"wall_s": c.wall, "cpu_s": c.cpu})
-            if amp_dtype is not None:
-                with clock as c:
-                    compute_residual_maps(
-                        residual.mae, block, masks, batch_size=int(args.mae_batch_size), **common
-                    )
-                if i >= args.warmup:
-                    batched_fp32_runs.append({"wall_s": c.wall, "cpu_s": c.cpu})
-        reference_runs.append(first_reference_runs[name])  # timed during the check
-        for _ in range(args.reference_repeats - 1):
-            with clock as c:
-                residual_maps_reference(residual.mae, block, masks, **common)
-            reference_runs.append({"wall_s": c.wall, "cpu_s": c.cpu})
-        entry: dict[str, Any] = {
-            "num_passes": setting["num_passes"],
-            "masking": setting["masking"],
-            "mae_forwards_batched": math.ceil(setting["num_passes"] * (kept or 0) / int(args.mae_batch_size))
-            * len(ratios),
-            "mae_forwards_reference": setting["num_passes"] * (kept or 0) * len(ratios),
-            "batched": _summary(batched_runs),
-            "reference": _summary(reference_runs),
-        }
-        if batched_fp32_runs:
-            entry["batched_fp32"] = _summary(batched_fp32_runs)
-            entry["speedup_fp32"] = entry["reference"]["wall_s"] / entry["batched_fp32"]["wall_s"]
-        entry["speedup"] = entry["reference"]["wall_s"] / entry["batched"]["wall_s"]
-        entry["speedup_cpu_time"] = entry["reference"]["cpu_s"] / entry["batched"]["cpu_s"]
-        maps[name] = entry
-        _log(
-            quiet,
-            f"maps {name}: batched {entry['batched']['wall_s']:.3f} s, "
-            f"reference {entry['reference']['wall_s']:.3f} s, "
-            f"speed-up x{entry['speedup']:.2f}",
-        )
-
-    # ---- end to end, runs of the pipelines interleaved (load drifts hit all alike)
-    e2e_runs: dict[str, list[dict[str, float]]] = {name: [] for name in pipelines}
-    peaks: dict[str, dict[str, Any]] = {}
-    for i in range(args.warmup + args.repeats):
-        for name, pipe in pipelines.items():
-            memory.reset()
-            _, parts = pipe.run(image_path, clock)
-            peak = memory.peak_mib()
-            if name not in peaks or peak["mib"] > peaks[name]["mib"]:
-                peaks[name] = peak
-            if i >= args.warmup:
-                e2e_runs[name].append(parts)
+    e2e: dict[str, Any] = {}
+    kept: int | None = None
+    if not args.only_train:
+        # ---- equality checks (before any speed-up is reported)
+        first_reference_runs: dict[str, dict[str, float]] = {}
+        block = preprocessing()({"image": image_path})["image"]
+        for name, setting in settings.items():
             _log(
                 quiet,
-                f"e2e {name} run {i}{' (warm-up)' if i < args.warmup else ''}: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()),
+                f"checking {name} (K={setting['num_passes']} {setting['masking']}): "
+                "batched vs reference maps, segmentation from both",
             )
-    e2e: dict[str, Any] = {
-        name: {**_summary(runs), "peak_memory": peaks[name]} for name, runs in e2e_runs.items()
-    }
-    for name in settings:
-        g, u = e2e[f"grcsf_{name}"], e2e["unetpp"]
-        e2e[f"ratio_{name}"] = g["total_s"] / u["total_s"]
-        e2e[f"ratio_{name}_cpu_time"] = g["total_cpu_s"] / u["total_cpu_s"]
-    # the block's share scaled to the whole volume (maps scale with foreground slices)
-    if (start, stop) != (0, spatial[axis]):
-        fraction = spatial[axis] / (stop - start)
-        for name, entry in e2e.items():
-            if isinstance(entry, dict):
-                entry["extrapolated_full_volume_s"] = (
-                    entry["load_preprocess_s"]
-                    + entry["postprocess_s"]
-                    + (entry.get("residual_maps_s", 0.0) + entry["segmentation_s"]) * fraction
+            pipe = pipelines[f"grcsf_{name}"]
+            item = pipe.maps_transforms.transforms[0]({"image": block})  # ResidualMapd alone
+            check, fast, reference, first_reference_runs[name] = _check_maps(
+                name,
+                pipe.residual,
+                block,
+                item["residual_maps"],
+                amp_dtype is not None,
+                int(args.mae_batch_size),
+                clock,
+            )
+            check.update(_check_segmentation(name, pipe, block, fast, reference, amp_dtype is not None))
+            checks[name] = check
+            kept = _foreground_slices(block, axis, args.foreground_threshold)
+            _log(quiet, f"checks {name}: {check}")
+
+        # ---- residual maps: batched (as configured) vs naive reference
+        for name, setting in settings.items():
+            residual = pipelines[f"grcsf_{name}"].residual
+            masks = residual.draw_masks(block)
+            common = {
+                "slice_axis": slice_axis,
+                "foreground_threshold": args.foreground_threshold,
+                "device": device,
+                "output_device": None,
+            }
+            batched_runs, batched_fp32_runs, reference_runs = [], [], []
+            for i in range(args.warmup + args.repeats):
+                with clock as c:
+                    compute_residual_maps(
+                        residual.mae,
+                        block,
+                        masks,
+                        batch_size=int(args.mae_batch_size),
+                        amp=amp_dtype is not None,
+                        amp_dtype=amp_dtype,
+                        **common,
+                    )
+                if i >= args.warmup:
+                    batched_runs.append({"wall_s": c.wall, "cpu_s": c.cpu})
+                if amp_dtype is not None:
+                    with clock as c:
+                        compute_residual_maps(
+                            residual.mae, block, masks, batch_size=int(args.mae_batch_size), **common
+                        )
+                    if i >= args.warmup:
+                        batched_fp32_runs.append({"wall_s": c.wall, "cpu_s": c.cpu})
+            # the check's run of the naive path was its warm-up (first oneDNN/cuBLAS calls per shape)
+            for _ in range(args.reference_repeats):
+                with clock as c:
+                    residual_maps_reference(residual.mae, block, masks, **common)
+                reference_runs.append({"wall_s": c.wall, "cpu_s": c.cpu})
+            entry: dict[str, Any] = {
+                "num_passes": setting["num_passes"],
+                "masking": setting["masking"],
+                "mae_forwards_batched": math.ceil(
+                    setting["num_passes"] * (kept or 0) / int(args.mae_batch_size)
                 )
+                * len(ratios),
+                "mae_forwards_reference": setting["num_passes"] * (kept or 0) * len(ratios),
+                "batched": _summary(batched_runs),
+                "reference": _summary(reference_runs),
+                "reference_first_run": first_reference_runs[
+                    name
+                ],  # cold, during the check; not in the median
+            }
+            if batched_fp32_runs:
+                entry["batched_fp32"] = _summary(batched_fp32_runs)
+                entry["speedup_fp32"] = entry["reference"]["wall_s"] / entry["batched_fp32"]["wall_s"]
+            entry["speedup"] = entry["reference"]["wall_s"] / entry["batched"]["wall_s"]
+            entry["speedup_cpu_time"] = entry["reference"]["cpu_s"] / entry["batched"]["cpu_s"]
+            maps[name] = entry
+            _log(
+                quiet,
+                f"maps {name}: batched {entry['batched']['wall_s']:.3f} s, "
+                f"reference {entry['reference']['wall_s']:.3f} s, "
+                f"speed-up x{entry['speedup']:.2f}",
+            )
+
+        # ---- end to end, runs of the pipelines interleaved (load drifts hit all alike)
+        e2e_runs: dict[str, list[dict[str, float]]] = {name: [] for name in pipelines}
+        peaks: dict[str, dict[str, Any]] = {}
+        for i in range(args.warmup + args.repeats):
+            for name, pipe in pipelines.items():
+                memory.reset()
+                _, parts = pipe.run(image_path, clock)
+                peak = memory.peak_mib()
+                if name not in peaks or peak["mib"] > peaks[name]["mib"]:
+                    peaks[name] = peak
+                if i >= args.warmup:
+                    e2e_runs[name].append(parts)
+                _log(
+                    quiet,
+                    f"e2e {name} run {i}{' (warm-up)' if i < args.warmup else ''}: "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()),
+                )
+        e2e = {name: {**_summary(runs), "peak_memory": peaks[name]} for name, runs in e2e_runs.items()}
+        for name in settings:
+            g, u = e2e[f"grcsf_{name}"], e2e["unetpp"]
+            e2e[f"ratio_{name}"] = g["total_s"] / u["total_s"]
+            e2e[f"ratio_{name}_cpu_time"] = g["total_cpu_s"] / u["total_cpu_s"]
+        # the block's share scaled to the whole volume: segmentation by slices, maps by foreground slices
+        if (start, stop) != (0, spatial[axis]):
+            seg_scale = spatial[axis] / (stop - start)
+            maps_scale = _foreground_slices(volume, axis, args.foreground_threshold) / max(kept or 0, 1)
+            for entry in e2e.values():
+                if isinstance(entry, dict):
+                    entry["extrapolated_full_volume_s"] = (
+                        entry["load_preprocess_s"]
+                        + entry["postprocess_s"]
+                        + entry.get("residual_maps_s", 0.0) * maps_scale
+                        + entry["segmentation_s"] * seg_scale
+                    )
 
     # ---- one training step on cached maps
     train: dict[str, Any] = {}
@@ -1042,12 +1058,15 @@ def format_table(results: dict[str, Any]) -> str:
             f"MAE {params['mae_m']:.2f}"
         ),
         "GFLOPs: " + ", ".join(f"{k} {v:.2f}" for k, v in results["gflops"].items()),
-        "",
-        (
-            f"{'residual maps':<12} {'K':>3} {'masking':<11} {'batched s':>10} {'reference s':>12} "
-            f"{'speed-up':>9}"
-        ),
     ]
+    if results["residual_maps"]:
+        lines += [
+            "",
+            (
+                f"{'residual maps':<12} {'K':>3} {'masking':<11} {'batched s':>10} {'reference s':>12} "
+                f"{'speed-up':>9}"
+            ),
+        ]
     for name, entry in results["residual_maps"].items():
         ok = checks[name]["batched_equals_reference"] and checks[name]["segmentation_equal"]
         lines.append(
@@ -1064,12 +1083,13 @@ def format_table(results: dict[str, Any]) -> str:
         "total_cpu_s",
     )
     header = " ".join(f"{p.removesuffix('_s'):>15}" for p in parts)
-    lines += ["", f"{'end to end (median s)':<22} {header} {'peak MiB':>9}"]
+    if e2e:
+        lines += ["", f"{'end to end (median s)':<22} {header} {'peak MiB':>9}"]
     for name, entry in e2e.items():
         if isinstance(entry, dict):
             cells = " ".join(f"{entry[p]:>15.3f}" if p in entry else f"{'-':>15}" for p in parts)
             lines.append(f"{name:<22} {cells} {entry['peak_memory']['mib']:>9.0f}")
-    for name, setting in s["settings"].items():
+    for name, setting in s["settings"].items() if e2e else ():
         lines.append(
             f"GRCSF ({name}: K={setting['num_passes']} {setting['masking']}) / UNet++ end to end: "
             f"{e2e[f'ratio_{name}']:.3f} (wall), {e2e[f'ratio_{name}_cpu_time']:.3f} (CPU time)"
@@ -1099,6 +1119,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in ("repeats", "num_passes", "mae_batch_size", "sw_batch_size", "input_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive.")
+    if args.only_train and args.no_train:
+        parser.error("--only-train and --no-train exclude each other.")
     if args.warmup < 0 or args.reference_repeats < 1:
         parser.error("--warmup must be >= 0 and --reference-repeats >= 1.")
     try:

@@ -186,3 +186,12 @@ def test_a_broken_fast_path_fails_loudly(
         benchmark.main([*TINY, "--image", tiny_volume, "--slices", "3", "--no-train", "--json", str(out)])
     assert exit_info.value.code == 2
     assert not out.exists()
+
+
+def test_only_train(tiny_volume: str) -> None:
+    results = benchmark.main([*TINY, "--image", tiny_volume, "--only-train", "--train-batch-size", "1"])
+    assert results["checks"] == {} and results["residual_maps"] == {} and results["end_to_end"] == {}
+    train = results["train_step"]
+    assert train["batch_size"] == 1 and train["ratio"] > 0 and train["grcsf"]["peak_memory"]["mib"] > 0
+    with pytest.raises(SystemExit):
+        benchmark.main([*TINY, "--image", tiny_volume, "--only-train", "--no-train"])

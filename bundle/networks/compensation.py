@@ -15,7 +15,23 @@
 - :class:`RegionalCompensationUnit` (RCU) fuses the MAE residual maps into an upsampled
   decoder feature with patch-based cross-attention and per-patch importance scores (Eq. 6).
 
-All tensors are 2D feature maps in ``(B, C, H, W)`` layout.
+All tensors are 2D feature maps in ``(B, C, H, W)`` layout (contiguous or channels-last).
+
+Implementation notes (speed, ``docs/speed.md``; the math is that of the straightforward
+formulas, which ``tests/test_networks.py`` compares against, gradients included):
+
+- GCU: the squeeze-excitation outputs are per-channel rescalings, so the cosine similarity
+  takes them as weights of its channel sums (batched matrix-vector products) instead of
+  building rescaled copies of the full-resolution features; ``C = F + F * R`` is one
+  ``addcmul``.
+- RCU: since ``phi`` is per patch and Eq. 6 is linear in each map's term,
+  ``sum_r W_r phi (A_r V) = (sum_r W_r phi A_r) V``: on the CPU the R maps' attention
+  matrices are mixed before the single product with the values, in chunks of patches whose
+  attention is recomputed in backward (:func:`mixed_patch_attention`), so no batch-sized
+  ``P^2 x P^2`` score tensor is ever held; on CUDA the R maps' queries are rows of one
+  ``F.scaled_dot_product_attention`` call (flash / memory-efficient kernels) whose outputs are
+  mixed afterwards.
+- 1x1 convolutions on NCHW CPU tensors run as batched matrix products (:func:`_pointwise_conv`).
 """
 
 from __future__ import annotations
@@ -137,6 +153,36 @@ def _weighted_cosine_similarity(
     return F.cosine_similarity(
         x * x_weights.unsqueeze(-1).unsqueeze(-1), y * y_weights.unsqueeze(-1).unsqueeze(-1), dim=1, eps=eps
     ).unsqueeze(1)
+
+
+def _pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """
+    A 1x1 convolution ``(B, C, H, W)`` -> ``(B, C_out, H, W)``.
+
+    On the CPU, for NCHW tensors, as one batched matrix product ``W @ x.view(B, C, HW)``: PyTorch
+    has no oneDNN kernel for NCHW 1x1 convolutions there and its fallback is 2.5x (C_out = 64) to
+    5x (C_out = 1) slower forward + backward. Elsewhere ``F.conv2d``.
+    """
+    if x.is_cuda or not x.is_contiguous():
+        return F.conv2d(x, weight, bias)
+    b, c, h, w = x.shape
+    out_channels = weight.shape[0]
+    matrix = weight.reshape(1, out_channels, c).to(x.dtype).expand(b, out_channels, c)
+    if bias is None:
+        out = torch.bmm(matrix, x.reshape(b, c, h * w))
+    else:
+        out = torch.baddbmm(bias.to(x.dtype).reshape(1, out_channels, 1), matrix, x.reshape(b, c, h * w))
+    return out.reshape(b, out_channels, h, w)
+
+
+class _PointwiseConv2d(nn.Conv2d):
+    """A 1x1 ``nn.Conv2d`` (same parameters and state-dict keys) computed by :func:`_pointwise_conv`."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _pointwise_conv(x, self.weight, self.bias)
 
 
 # Scores held at once by the chunked CPU attention: 4 Mi values (16 MiB in float32), a working set
@@ -367,7 +413,7 @@ class GlobalCompensationUnit(nn.Module):
             down_channels, skip_channels, projection_kernel_size, padding=projection_kernel_size // 2
         )
         self.project_up: nn.Module = (
-            nn.Identity() if up_channels == skip_channels else nn.Conv2d(up_channels, skip_channels, 1)
+            nn.Identity() if up_channels == skip_channels else _PointwiseConv2d(up_channels, skip_channels)
         )
         self.se_up = SqueezeExcitation(skip_channels, reduction, act)
         self.se_skip = SqueezeExcitation(skip_channels, reduction, act)
@@ -423,7 +469,7 @@ class PatchImportanceScore(nn.Module):
         if hidden < 1:
             raise ValueError(f"hidden must be positive, got {hidden}.")
         self.patch_size = patch_size
-        self.reduce = nn.Conv2d(channels, 1, kernel_size=1)
+        self.reduce = _PointwiseConv2d(channels, 1)
         self.mlp = nn.Sequential(
             nn.Linear(tokens, hidden),
             nn.ReLU(),
@@ -457,7 +503,8 @@ class RegionalCompensationUnit(nn.Module):
         M = sum_r fold(attn(RM'_r, U') * phi(U')) * W_r + U
 
     with ``phi`` the per-patch importance score (:class:`PatchImportanceScore`, or 1 when
-    ``importance_score=False``) and ``W_r`` one learnable scalar per residual map.
+    ``importance_score=False``) and ``W_r`` one learnable scalar per residual map. (How it is
+    computed, mixing the maps before the value product, is in the module docstring.)
     """
 
     def __init__(
