@@ -368,7 +368,7 @@ class GlobalCompensationUnit(nn.Module):
     With the skip feature ``F`` (``C`` channels, ``H x W``), the feature one level down ``S``
     and the upsampled decoder feature ``U`` that is about to be concatenated with ``F``::
 
-        RU = proj(upsample(S))                       # C channels, H x W
+        RU = upsample(proj(S))                       # C channels, H x W
         R  = CS(RU * SE_u(proj_u(U)), SE_f(F))       # pixel-wise cosine similarity, 1 channel
         C  = R * F + F
 
@@ -395,9 +395,10 @@ class GlobalCompensationUnit(nn.Module):
                 projected to ``C`` channels by a 1x1 conv, because the product with ``RU`` and
                 the cosine similarity with ``SE(F)`` need equal channel counts.
             reduction: squeeze-and-excitation reduction ratio.
-            projection_kernel_size: kernel of the conv projecting the upsampled ``S`` to ``C``
-                channels (odd). The SPEC's choice is 1; 3 lets the projection smooth the
-                upsampling and reproduces the paper's parameter overhead (see
+            projection_kernel_size: kernel of the conv projecting ``S`` to ``C`` channels (odd),
+                applied at ``S``'s resolution before the bilinear upsampling (the same function
+                as projecting after it for a 1x1 kernel, at a quarter of the cost). The SPEC's
+                choice is 1; 3 reproduces the paper's parameter overhead (see
                 ``docs/architecture.md``).
             act: activation inside the two squeeze-and-excitation bottlenecks.
         """
@@ -432,7 +433,10 @@ class GlobalCompensationUnit(nn.Module):
             ``(B, 1, H, W)``.
         """
         size = [int(skip.shape[2]), int(skip.shape[3])]
-        ru = self.project_down(F.interpolate(down, size=size, mode="bilinear", align_corners=False))
+        # projected at S's resolution, then upsampled: the projection's parameters at a quarter of
+        # the pixels (its 3x3 variant was the largest cost of the unit); for the SPEC's 1x1 kernel
+        # both orders are the same function (both are linear and bilinear weights sum to 1)
+        ru = F.interpolate(self.project_down(down), size=size, mode="bilinear", align_corners=False)
         projected_up = self.project_up(up)
         # R = CS(RU * SE_u(U'), SE_f(F)): the squeeze-excitation outputs are per-channel rescalings,
         # so they enter the channel sums as weights instead of as rescaled copies of the features
