@@ -150,7 +150,7 @@ def test_docs_page_has_command_machine_tables_and_a_human_section(quick_study: d
     assert "python scripts/ablation.py --quick" in text
     assert "torch" in text and "cores" in text and "device `cpu`" in text
     assert "| GRCSF (full) |" in text
-    assert "## Reading (to be written by a human)" in text
+    assert ablation.READING_HEADING in text
     for name in ("ablation_arms.png", "example_overlays.png"):
         assert f"](figures/{name})" in text
         assert (quick_study["docs"].parent / "figures" / name).is_file()
@@ -166,6 +166,17 @@ def test_a_rerun_skips_finished_runs(quick_study: dict) -> None:
     assert result.stat().st_mtime_ns == before  # not trained again
     assert list(payload["summary"]["arms"]) == ["unet", "unetpp"]
     assert payload["meta"]["phase_seconds"]["0 training + evaluation runs"] >= 0
+
+
+def test_a_rerun_keeps_the_hand_written_reading(quick_study: dict, tmp_path: Path) -> None:
+    docs = tmp_path / "results.md"
+    docs.write_text(quick_study["docs"].read_text().replace("_Not written yet._", "GCU helped a little."))
+    meta = dict(quick_study["payload"]["meta"], date="a later date")
+    ablation.write_docs(docs, quick_study["out"], "| fresh table |\n", [], meta)
+    text = docs.read_text()
+    assert "GCU helped a little." in text and "_Not written yet._" not in text
+    assert "| fresh table |" in text and "a later date" in text
+    assert text.count(ablation.READING_HEADING) == 1
 
 
 def test_paired_wilcoxon_edge_cases() -> None:
