@@ -28,13 +28,19 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bundle.networks import GRCSF_PRESETS, grcsf_preset
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere, without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+from bundle.networks import GRCSF_PRESETS, grcsf_preset  # noqa: E402
 
 # variant name -> constructor overrides applied on top of a preset
 VARIANTS: dict[str, dict[str, Any]] = {
