@@ -13,28 +13,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import wilcoxon
+from script_loader import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "scripts" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ablation"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _load_script()
+ablation = load_script("scripts/ablation.py")
 EXPECTED_ARMS = ["unet", "unetpp", "unetpp_gcu", "unetpp_gcu_rcu_noscore", "grcsf", "grcsf_k2"]
 
 

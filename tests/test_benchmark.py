@@ -3,16 +3,15 @@ and fail loudly on a broken fast path (timings are not checked)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,15 +37,7 @@ TINY = [
 ]
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = _load_script()
+benchmark = load_script("scripts/benchmark.py")
 
 
 @pytest.fixture(autouse=True)

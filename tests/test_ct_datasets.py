@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
+from script_loader import load_script
 
 from bundle.data import (
     find_orcascore_scans,
@@ -23,8 +23,6 @@ from bundle.data import (
     write_metaimage,
     write_split_datalist,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _records(n: int, prefix: str = "case") -> list[dict]:
@@ -301,12 +299,7 @@ def test_write_split_datalist(lookalikes, tmp_path, monkeypatch):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "make_ct_demo_data", ROOT / "scripts" / "make_ct_demo_data.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/make_ct_demo_data.py")
 
 
 def test_make_ct_demo_data_script(tmp_path, capsys):

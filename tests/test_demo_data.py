@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import json
 import math
 import os
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from scipy import ndimage
+from script_loader import load_script
 
 from bundle.data import (
     ATLAS_LESION_INDEX,
@@ -388,9 +388,7 @@ def test_cli(tmp_path):
         assert len(f.read(348)) == 348  # a complete NIfTI-1 header
 
     # Refusing to write into the now non-empty folder is a clean error, not a traceback.
-    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts" / "make_demo_data.py")
-    make_demo_data = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_demo_data)
+    make_demo_data = load_script("scripts/make_demo_data.py")
     with pytest.raises(SystemExit) as exit_info:
         make_demo_data.main(["--output-dir", str(out), "--num-subjects", "1", "--num-cohorts", "1"])
     assert exit_info.value.code == 2

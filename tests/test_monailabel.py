@@ -34,7 +34,6 @@ asserted).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -46,6 +45,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from monai.bundle import run as bundle_run
+from script_loader import load_script
 
 from bundle.data import generate_atlas_like_dataset
 from bundle.data.synthetic_atlas import SyntheticAtlasParams
@@ -59,15 +59,8 @@ MODEL = "grcsf_lesion_segmentation"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-support = _load("grcsf_monailabel_support", ROOT / "tests" / "monailabel" / "support.py")
-export = _load("grcsf_export_bundle", ROOT / "scripts" / "export_bundle.py")
+support = load_script("tests/monailabel/support.py", "grcsf_monailabel_support")
+export = load_script("scripts/export_bundle.py", "grcsf_export_bundle")
 
 # Demo data and training schedule. The lesions are made large (8-40 ml) so that a lesion can be
 # learnt in a CI-sized schedule: 384 iterations of batch 4 at a constant lr of 3e-3 (no warm-up),

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from script_loader import load_script
 
 from bundle.data.synthetic_atlas import generate_atlas_like_dataset
 from bundle.networks import mae_preset, save_mae
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("residual_map_study", ROOT / "scripts" / "residual_map_study.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-study = _load_script()
+study = load_script("scripts/residual_map_study.py")
 
 
 # ------------------------------------------------------------------------------------- auroc

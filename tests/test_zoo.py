@@ -26,7 +26,6 @@ Scale: the "small" network and a random tiny MAE (the tools are under test, not 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -42,6 +41,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from script_loader import load_script
 from test_inference import SMALL, make_dataset
 
 from bundle.data import generate_atlas_like_dataset
@@ -53,16 +53,7 @@ META = CONFIGS / "metadata.json"
 BUNDLE_NAME = "grcsf_lesion_segmentation"
 
 
-def _load_export_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "grcsf_export_bundle", ROOT / "scripts" / "export_bundle.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-export_bundle = _load_export_module()
+export_bundle = load_script("scripts/export_bundle.py", "grcsf_export_bundle")
 
 
 def _metadata() -> dict:
