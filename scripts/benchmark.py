@@ -98,6 +98,7 @@ from bundle.transforms.residual_maps import (
     ConcatResidualMapsd,
     ResidualMapd,
     compute_residual_maps,
+    foreground_slice_indices,
     residual_maps_reference,
 )
 
@@ -383,9 +384,8 @@ def _slice_block(spec: tuple[int, int] | int | str, num_slices: int) -> tuple[in
 
 
 def _foreground_slices(volume: torch.Tensor, axis: int, threshold: float | None) -> int:
-    """Slices along spatial ``axis`` of a ``(C, X, Y, Z)`` volume that the residual maps reconstruct."""
-    peaks = torch.as_tensor(volume).movedim(1 + axis, 0).flatten(1).amax(dim=1)
-    return int((peaks > threshold).sum()) if threshold is not None else int(peaks.numel())
+    """How many slices along spatial ``axis`` of a ``(C, X, Y, Z)`` volume the residual maps reconstruct."""
+    return int(foreground_slice_indices(torch.as_tensor(volume).movedim(1 + axis, 0), threshold).numel())
 
 
 # ---------------------------------------------------------------------------------- pipeline
@@ -810,6 +810,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         # ---- equality checks (before any speed-up is reported)
         first_reference_runs: dict[str, dict[str, float]] = {}
         block = preprocessing()({"image": image_path})["image"]
+        kept = _foreground_slices(block, axis, args.foreground_threshold)
         for name, setting in settings.items():
             _log(
                 quiet,
@@ -829,7 +830,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             )
             check.update(_check_segmentation(name, pipe, block, fast, reference, amp_dtype is not None))
             checks[name] = check
-            kept = _foreground_slices(block, axis, args.foreground_threshold)
             _log(quiet, f"checks {name}: {check}")
 
         # ---- residual maps: batched (as configured) vs naive reference
@@ -878,9 +878,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "mae_forwards_reference": setting["num_passes"] * (kept or 0) * len(ratios),
                 "batched": _summary(batched_runs),
                 "reference": _summary(reference_runs),
-                "reference_first_run": first_reference_runs[
-                    name
-                ],  # cold, during the check; not in the median
+                # cold, during the check; not in the median
+                "reference_first_run": first_reference_runs[name],
             }
             if batched_fp32_runs:
                 entry["batched_fp32"] = _summary(batched_fp32_runs)

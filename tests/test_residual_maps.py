@@ -20,6 +20,7 @@ from bundle.transforms import (
     ResidualMapd,
     compute_residual_maps,
     draw_residual_masks,
+    foreground_slice_indices,
     residual_maps_reference,
 )
 
@@ -158,6 +159,15 @@ def test_2d_input_and_numpy(mae: MaskedAutoencoderViT) -> None:
     out_np = ResidualMapd("image", mae, num_passes=2)({"image": image.numpy()})["residual_maps"]
     assert isinstance(out_np, np.ndarray) and out_np.dtype == np.float32
     assert np.allclose(out_np, out.numpy())
+
+
+def test_foreground_slice_indices() -> None:
+    slices = torch.zeros(4, 1, 3, 3)
+    slices[1, 0, 0, 0] = 0.3
+    slices[3, 0, 2, 2] = 0.2
+    assert foreground_slice_indices(slices, 0.25).tolist() == [1]
+    assert foreground_slice_indices(slices, 0.0).tolist() == [1, 3]  # strictly above the threshold
+    assert foreground_slice_indices(slices, None).tolist() == [0, 1, 2, 3]
 
 
 def test_foreground_skipping_gives_exact_zeros(mae: MaskedAutoencoderViT) -> None:

@@ -6,6 +6,7 @@ from .residual_maps import (
     ResidualMapd,
     compute_residual_maps,
     draw_residual_masks,
+    foreground_slice_indices,
     residual_maps_reference,
 )
 
@@ -16,6 +17,7 @@ __all__ = [
     "ResidualMapd",
     "compute_residual_maps",
     "draw_residual_masks",
+    "foreground_slice_indices",
     "residual_maps_reference",
 ]
 

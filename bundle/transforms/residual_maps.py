@@ -93,6 +93,7 @@ __all__ = [
     "ResidualMapd",
     "compute_residual_maps",
     "draw_residual_masks",
+    "foreground_slice_indices",
     "residual_maps_reference",
 ]
 
@@ -202,6 +203,23 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return x
     # antialias matters when shrinking to the MAE size (no effect when enlarging)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def foreground_slice_indices(slices: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """
+    The slices that the residual maps reconstruct; the others get exact-zero maps.
+
+    Args:
+        slices: ``(S, ...)``, one slice per index of dim 0.
+        threshold: a slice is foreground when its maximum is greater; ``None``: every slice.
+
+    Returns:
+        ``(S_fg,)`` int64 indices, on ``slices``' device.
+    """
+    if threshold is None:
+        return torch.arange(slices.shape[0], device=slices.device)
+    peak = slices.flatten(1).amax(dim=1)
+    return torch.nonzero(peak > float(threshold)).flatten()
 
 
 def _to_slice_space(
@@ -315,11 +333,7 @@ class _Prepared:
             )
         # on the compute device once: the batches below index them there, no copy per batch
         self.masks = masks.to(device=self.device, dtype=torch.bool)
-        if foreground_threshold is None:
-            self.keep = torch.arange(num_slices, device=self.device)
-        else:
-            peak = self.slices.flatten(1).amax(dim=1)
-            self.keep = torch.nonzero(peak > float(foreground_threshold)).flatten()
+        self.keep = foreground_slice_indices(self.slices, foreground_threshold)
         self.maps = torch.zeros(
             masks.shape[0], num_slices, *slices.shape[2:], device=self.device
         )  # (R, S, a, b)
