@@ -1,51 +1,22 @@
-"""data of the GRCSF bundle (see the package docstring of :mod:`bundle`)."""
+"""data of the GRCSF bundle: the data sets' real layouts, records and splits, reading DICOM series,
+inputs and outputs of inference, slices of volumes and their caches. The synthetic look-alikes
+are in :mod:`bundle.data.synthetic`."""
 
-from .mni import (
-    MNI152_AFFINE,
-    MNI152_SHAPE,
-    MNI152_TEMPLATE_FILES,
-    MNITemplate,
-    block_average,
-    load_mni152_template,
-    mni152_grid,
-    mni152_template_paths,
+from .atlas import (
+    ATLAS_SPLITS_FILE,
+    atlas_datalist_name,
+    atlas_subset_splits,
+    find_atlas_subjects,
+    write_atlas_datalists,
 )
-from .synthetic_atlas import (
-    ATLAS_IMAGE_SUFFIX,
-    ATLAS_LABEL_SUFFIX,
-    ATLAS_LESION_INDEX,
-    ATLAS_SPACE,
-    SUPPORTED_RESOLUTIONS_MM,
-    SyntheticAtlasParams,
-    atlas_subject_id,
-    atlas_subject_paths,
-    generate_atlas_like_dataset,
-    load_atlas_like_records,
-    parse_atlas_subject_id,
+from .cache import DiskCachedTransform, PackMetaTensors, transform_fingerprint, unpack_meta_tensors
+from .checks import (
+    AIR_RANGE_HU,
+    hounsfield_problem,
+    plain_values,
+    residual_map_statistic,
+    summarise_residual_statistics,
 )
-
-__all__ = [
-    "MNI152_AFFINE",
-    "MNI152_SHAPE",
-    "MNI152_TEMPLATE_FILES",
-    "MNITemplate",
-    "block_average",
-    "load_mni152_template",
-    "mni152_grid",
-    "mni152_template_paths",
-    "ATLAS_IMAGE_SUFFIX",
-    "ATLAS_LABEL_SUFFIX",
-    "ATLAS_LESION_INDEX",
-    "ATLAS_SPACE",
-    "SUPPORTED_RESOLUTIONS_MM",
-    "SyntheticAtlasParams",
-    "atlas_subject_id",
-    "atlas_subject_paths",
-    "generate_atlas_like_dataset",
-    "load_atlas_like_records",
-    "parse_atlas_subject_id",
-]
-
 from .dicom import (
     DicomSeries,
     DicomSeriesError,
@@ -55,75 +26,29 @@ from .dicom import (
     read_dicom_series,
     write_dicom_series,
 )
-
-__all__ += [
-    "DicomSeries",
-    "DicomSeriesError",
-    "DicomSeriesReader",
-    "LoadDicomSeriesd",
-    "load_dicom_series",
-    "read_dicom_series",
-    "write_dicom_series",
-]
-from .synthetic_ct import (
-    CT_TISSUE_NAMES,
-    MSD_LUNG_NODULE_INDEX,
-    ORCASCORE_REFERENCE_SCORES,
-    SyntheticCTCase,
-    generate_msd_lung_like,
-    generate_orcascore_like,
-    make_msd_lung_case,
-    make_orcascore_case,
-    msd_lung_case_id,
-    orcascore_case_id,
-    write_metaimage,
+from .inputs import NIFTI_EXTENSIONS, is_dicom_file, is_dicom_series_dir, list_inputs, prediction_path
+from .layouts import DATASET_LAYOUTS, evaluation_records, load_split
+from .mni import (
+    MNI152_AFFINE,
+    MNI152_SHAPE,
+    MNI152_TEMPLATE_FILES,
+    MNITemplate,
+    block_average,
+    check_resolution,
+    load_mni152_template,
+    mni152_grid,
+    mni152_template_paths,
 )
-from .ct_datasets import (
-    MSD_LUNG_SPLIT_SIZES,
-    ORCASCORE_SPLIT_SIZES,
-    find_orcascore_scans,
-    load_msd_lung,
-    msd_lung_split,
-    orcascore_split,
-    split_by_sizes,
-    split_sizes,
-    write_split_datalist,
+from .msd_lung import MSD_LUNG_SPLIT_SIZES, load_msd_lung, msd_lung_split
+from .orcascore import ORCASCORE_SPLIT_SIZES, find_orcascore_scans, orcascore_split
+from .records import SPLIT_KEYS, check_records, split_by_sizes, split_records, split_sizes, write_split_datalist
+from .slices import (
+    SELECTIONS,
+    VolumeSliceDataset,
+    common_spacing,
+    num_slices_per_epoch,
+    residual_map_reference,
+    slice_sampling_weights,
+    volume_spacings,
 )
-
-__all__ += [
-    "CT_TISSUE_NAMES",
-    "MSD_LUNG_NODULE_INDEX",
-    "ORCASCORE_REFERENCE_SCORES",
-    "SyntheticCTCase",
-    "generate_msd_lung_like",
-    "generate_orcascore_like",
-    "make_msd_lung_case",
-    "make_orcascore_case",
-    "msd_lung_case_id",
-    "orcascore_case_id",
-    "write_metaimage",
-    "MSD_LUNG_SPLIT_SIZES",
-    "ORCASCORE_SPLIT_SIZES",
-    "find_orcascore_scans",
-    "load_msd_lung",
-    "msd_lung_split",
-    "orcascore_split",
-    "split_by_sizes",
-    "split_sizes",
-    "write_split_datalist",
-]
-from .atlas import (
-    ATLAS_SPLITS_FILE,
-    atlas_datalist_name,
-    atlas_subset_splits,
-    find_atlas_subjects,
-    write_atlas_datalists,
-)
-
-__all__ += [
-    "ATLAS_SPLITS_FILE",
-    "atlas_datalist_name",
-    "atlas_subset_splits",
-    "find_atlas_subjects",
-    "write_atlas_datalists",
-]
+from .writers import AtomicNibabelWriter, PredictionLayout, save_nifti

@@ -10,7 +10,7 @@
 # limitations under the License.
 """ATLAS v2.0 adapter: find the subjects of a release and make the paper's cohort-disjoint subsets.
 
-ATLAS v2.0 (and the synthetic look-alike of :mod:`bundle.data.synthetic_atlas`) is laid out as::
+ATLAS v2.0 (and the synthetic look-alike of :mod:`bundle.data.synthetic.atlas`) is laid out as::
 
     <root>/Training/R001/sub-r001s001/ses-1/anat/
         sub-r001s001_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz
@@ -22,7 +22,7 @@ where ``<root>`` may also be the folder holding ``ATLAS_2/``. The cohort (acquis
 
 - :func:`find_atlas_subjects` -- one record ``{"image", "label", "subject", "cohort", "session",
   "split"}`` per image, sorted, with errors that name the offending file.
-- :func:`atlas_subset_splits` -- the paper's design (SPEC section 7): the cohorts are partitioned
+- :func:`atlas_subset_splits` -- the paper's design (docs/method.md §7): the cohorts are partitioned
   into ``num_subsets`` subsets of distinct cohorts, balanced by subject count; within each subset
   whole cohorts go to test so that test holds about ``test_fraction`` of the subset's subjects.
 - :func:`write_atlas_datalists` -- one MONAI decathlon-style datalist per subset
@@ -42,6 +42,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from bundle.utils.errors import DatasetError
+from bundle.utils.io import write_json
 
 __all__ = [
     "ATLAS_SPLITS_FILE",
@@ -85,9 +88,7 @@ def _label_path(image: Path) -> Path:
 
 
 def find_atlas_subjects(
-    root: str | os.PathLike,
-    require_labels: bool = True,
-    splits: Sequence[str] | None = None,
+    root: str | os.PathLike, require_labels: bool = True, splits: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
     """The subjects of an ATLAS v2.0 release (or of the synthetic look-alike).
 
@@ -112,13 +113,9 @@ def find_atlas_subjects(
             places); a subject id whose cohort differs from its cohort folder; a bad split name.
     """
     base = _dataset_root(root)
-    splits = (
-        tuple(splits)
-        if splits is not None
-        else (("Training",) if require_labels else ("Training", "Testing"))
-    )
+    splits = tuple(splits) if splits is not None else (("Training",) if require_labels else ("Training", "Testing"))
     if not splits or any(s not in ("Training", "Testing") for s in splits):
-        raise ValueError(f"splits must be a non-empty selection of 'Training' and 'Testing', got {splits}.")
+        raise DatasetError(f"splits must be a non-empty selection of 'Training' and 'Testing', got {splits}.")
     present = [s for s in splits if (base / s).is_dir()]
     if not present:
         raise FileNotFoundError(
@@ -130,26 +127,20 @@ def find_atlas_subjects(
     for split in present:
         for image in sorted((base / split).glob("*/sub-*/ses-*/anat/sub-*_T1w.nii*")):
             match = _IMAGE_NAME.match(image.name)
-            cohort_dir, subject_dir, session_dir = (
-                image.parents[3].name,
-                image.parents[2].name,
-                image.parents[1].name,
-            )
+            cohort_dir, subject_dir, session_dir = (image.parents[3].name, image.parents[2].name, image.parents[1].name)
             if match is None or not _COHORT_FOLDER.match(cohort_dir):
                 continue  # not an ATLAS T1 (e.g. another modality or a stray file)
             subject, session = match.group(1), match.group(2)
             if subject != subject_dir or session != session_dir:
-                raise ValueError(
+                raise DatasetError(
                     f"{image}: the file name says {subject}/{session} but it lies in {subject_dir}/{session_dir}."
                 )
             cohort = cohort_dir.lower()
             id_cohort = _SUBJECT_COHORT.match(subject)
             if id_cohort is not None and id_cohort.group(1).lower() != cohort:
-                raise ValueError(f"{image}: subject {subject} lies in the folder of cohort {cohort_dir}.")
+                raise DatasetError(f"{image}: subject {subject} lies in the folder of cohort {cohort_dir}.")
             if (subject, session) in seen:
-                raise ValueError(
-                    f"duplicate subject {subject} {session}: {seen[(subject, session)]} and {image}."
-                )
+                raise DatasetError(f"duplicate subject {subject} {session}: {seen[(subject, session)]} and {image}.")
             seen[(subject, session)] = image
             label = _label_path(image)
             if not label.is_file() and require_labels:
@@ -160,7 +151,7 @@ def find_atlas_subjects(
             record.update(subject=subject, cohort=cohort, session=session, split=split)
             records.append(record)
     if not records:
-        raise ValueError(
+        raise DatasetError(
             f"no ATLAS subjects under {base} ({', '.join(present)}): expected files like "
             "R001/sub-r001s001/ses-1/anat/sub-r001s001_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz."
         )
@@ -176,14 +167,14 @@ def _cohort_sizes(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     subjects: dict[str, set[str]] = {}
     for i, record in enumerate(records):
         if "cohort" not in record:
-            raise ValueError(f"record {i} has no 'cohort' key: {dict(record)}.")
+            raise DatasetError(f"record {i} has no 'cohort' key: {dict(record)}.")
         subject = str(record.get("subject", record.get("image", i)))
         subjects.setdefault(str(record["cohort"]), set()).add(subject)
     owner: dict[str, str] = {}
     for cohort, members in subjects.items():
         for subject in members:
             if owner.setdefault(subject, cohort) != cohort:
-                raise ValueError(f"subject {subject} appears in two cohorts: {owner[subject]} and {cohort}.")
+                raise DatasetError(f"subject {subject} appears in two cohorts: {owner[subject]} and {cohort}.")
     return {cohort: len(members) for cohort, members in subjects.items()}
 
 
@@ -252,21 +243,16 @@ def _choose_test_cohorts(
     chosen: list[str] = []
     count = 0
     for cohort in order:
-        if len(chosen) < len(cohorts) - 1 and (
-            not chosen or abs(count + sizes[cohort] - target) < abs(count - target)
-        ):
+        if len(chosen) < len(cohorts) - 1 and (not chosen or abs(count + sizes[cohort] - target) < abs(count - target)):
             chosen.append(cohort)
             count += sizes[cohort]
     return sorted(chosen)
 
 
 def atlas_subset_splits(
-    records: Sequence[Mapping[str, Any]],
-    num_subsets: int = 4,
-    test_fraction: float = 0.2,
-    seed: int = 0,
+    records: Sequence[Mapping[str, Any]], num_subsets: int = 4, test_fraction: float = 0.2, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """The paper's cohort-disjoint subsets of ATLAS v2.0 (SPEC section 7), deterministic for a seed.
+    """The paper's cohort-disjoint subsets of ATLAS v2.0 (docs/method.md §7), deterministic for a seed.
 
     The cohorts are partitioned into ``num_subsets`` subsets of distinct cohorts, balanced by
     subject count (each subset holds at least two cohorts). Within each subset, whole cohorts are
@@ -294,14 +280,14 @@ def atlas_subset_splits(
             than ``2 * num_subsets`` cohorts.
     """
     if isinstance(num_subsets, bool) or not isinstance(num_subsets, int) or num_subsets < 1:
-        raise ValueError(f"num_subsets must be an integer >= 1, got {num_subsets!r}.")
+        raise DatasetError(f"num_subsets must be an integer >= 1, got {num_subsets!r}.")
     if not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+        raise DatasetError(f"test_fraction must be in (0, 1), got {test_fraction}.")
     if not records:
-        raise ValueError("atlas_subset_splits needs at least one record.")
+        raise DatasetError("atlas_subset_splits needs at least one record.")
     sizes = _cohort_sizes(records)
     if len(sizes) < 2 * num_subsets:
-        raise ValueError(
+        raise DatasetError(
             f"{len(sizes)} cohorts cannot make {num_subsets} subsets with disjoint train and test cohorts: "
             f"each subset needs at least 2 cohorts, i.e. at least {2 * num_subsets} cohorts."
         )
@@ -374,13 +360,11 @@ def write_atlas_datalists(
         FileNotFoundError, ValueError: from :func:`find_atlas_subjects` / :func:`atlas_subset_splits`.
     """
     # imported here: bundle.engines imports bundle.data, which imports this module
-    from bundle.engines.inference import write_json
-
     records = find_atlas_subjects(root, require_labels=True)
     subsets = atlas_subset_splits(records, num_subsets=num_subsets, test_fraction=test_fraction, seed=seed)
     folder = Path(output_dir).expanduser().resolve()
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"output_dir {folder} exists and is not a directory.")
+        raise DatasetError(f"output_dir {folder} exists and is not a directory.")
     paths = [folder / atlas_datalist_name(s["subset"]) for s in subsets] + [folder / ATLAS_SPLITS_FILE]
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:

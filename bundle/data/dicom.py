@@ -46,7 +46,8 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from bundle.transforms.preprocessing import InvalidVolumeError
+from bundle.data.checks import hounsfield_problem
+from bundle.utils.errors import InvalidVolumeError
 
 __all__ = [
     "CT_IMAGE_STORAGE",
@@ -79,8 +80,8 @@ _IRREGULAR_RTOL = 0.1  # steps deviating more than this from the median are irre
 class DicomSeriesError(InvalidVolumeError):
     """A DICOM folder or file that cannot be read as one volume; the message names it and the problem.
 
-    A :class:`ValueError` (through :class:`~bundle.transforms.preprocessing.InvalidVolumeError`, so
-    that :func:`~bundle.transforms.preprocessing.find_volume_error` finds it in MONAI error chains).
+    A :class:`ValueError` (through :class:`~bundle.transforms.io.InvalidVolumeError`, so
+    that :func:`~bundle.transforms.io.find_volume_error` finds it in MONAI error chains).
     """
 
 
@@ -319,9 +320,7 @@ def write_dicom_series(
             ds.RescaleIntercept = _ds(intercept)
             ds.RescaleType = "HU" if modality == "CT" else "US"
             # rows along Y, columns along X: the slice's (Rows, Columns) array is the transpose
-            ds.PixelData = (
-                np.ascontiguousarray(stored[:, :, k].T).astype(stored_dtype.newbyteorder("<")).tobytes()
-            )
+            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype(stored_dtype.newbyteorder("<")).tobytes()
             ds.save_as(os.path.join(tmp, names[k]), enforce_file_format=True)
         _publish_folder(tmp, folder, overwrite)
     except BaseException:
@@ -398,9 +397,7 @@ def _candidate_headers(folder: str) -> tuple[list[tuple[str, pydicom.Dataset]], 
             ds.get("Rows")  # parse errors of forced reads surface on access
             sop_class = _sop_class(ds)
         except Exception as e:
-            raise DicomSeriesError(
-                f"{path}: corrupt or unreadable DICOM file ({type(e).__name__}: {e})."
-            ) from e
+            raise DicomSeriesError(f"{path}: corrupt or unreadable DICOM file ({type(e).__name__}: {e}).") from e
         if sop_class == _MEDIA_STORAGE_DIRECTORY:
             skipped.append(name)
             continue
@@ -463,13 +460,9 @@ def _geometry(folder: str, series: list[tuple[str, pydicom.Dataset]]) -> tuple[l
     for path, ds in series:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if frames > 1:
-            raise DicomSeriesError(
-                f"{path}: a multi-frame image ({frames} frames); only one slice per file is read."
-            )
+            raise DicomSeriesError(f"{path}: a multi-frame image ({frames} frames); only one slice per file is read.")
         if int(ds.get("SamplesPerPixel", 1)) != 1:
-            raise DicomSeriesError(
-                f"{path}: {ds.SamplesPerPixel} samples per pixel (colour); a grey CT is expected."
-            )
+            raise DicomSeriesError(f"{path}: {ds.SamplesPerPixel} samples per pixel (colour); a grey CT is expected.")
         shape = (int(ds.Rows), int(ds.Columns))
         if shape != shape0:
             raise DicomSeriesError(
@@ -565,9 +558,7 @@ def _pixels(path: str) -> tuple[np.ndarray, pydicom.Dataset]:
     except Exception as e:
         raise DicomSeriesError(f"{path}: cannot decode the pixel data ({type(e).__name__}: {e}).") from e
     if array.shape != (rows, cols):
-        raise DicomSeriesError(
-            f"{path}: pixel data of shape {array.shape}, Rows x Columns is {rows} x {cols}."
-        )
+        raise DicomSeriesError(f"{path}: pixel data of shape {array.shape}, Rows x Columns is {rows} x {cols}.")
     return array, ds
 
 
@@ -610,16 +601,10 @@ def load_dicom_series(
     if not os.path.exists(folder):
         raise FileNotFoundError(f"DICOM folder does not exist: {folder}")
     if not os.path.isdir(folder):
-        raise DicomSeriesError(
-            f"{folder}: not a folder; a DICOM series is read from the folder of its files."
-        )
+        raise DicomSeriesError(f"{folder}: not a folder; a DICOM series is read from the folder of its files.")
     headers, skipped = _candidate_headers(folder)
     if not headers:
-        detail = (
-            f" ({len(skipped)} other file(s) skipped, e.g. {skipped[:3]})"
-            if skipped
-            else " (the folder is empty)"
-        )
+        detail = f" ({len(skipped)} other file(s) skipped, e.g. {skipped[:3]})" if skipped else " (the folder is empty)"
         raise DicomSeriesError(f"{folder}: no DICOM image files{detail}.")
     series = _select_series(folder, headers, series_uid)
     if require_modality is not None:
@@ -651,7 +636,6 @@ def load_dicom_series(
         )
     if not any(has_rescale) and modality.upper() == "CT":
         # imported here: bundle.transforms.ct imports this module
-        from bundle.transforms.ct import hounsfield_problem
 
         problem = hounsfield_problem(volume)
         if problem is not None:
@@ -713,9 +697,7 @@ class DicomSeriesReader(ImageReader):
         """Read one series folder (a sequence must hold exactly one folder)."""
         paths = ensure_tuple(data)
         if len(paths) != 1:
-            raise ValueError(
-                f"DicomSeriesReader reads one series folder at a time, got {len(paths)}: {paths}."
-            )
+            raise ValueError(f"DicomSeriesReader reads one series folder at a time, got {len(paths)}: {paths}.")
         return load_dicom_series(paths[0], require_modality=self.require_modality, series_uid=self.series_uid)
 
     def get_data(self, img: DicomSeries) -> tuple[np.ndarray, dict]:

@@ -1,6 +1,6 @@
 """The MNI-152 ICBM 2009a (symmetric, non-linear) template that ships inside nilearn.
 
-ATLAS v2.0 images are registered to this space (SPEC Sec. 7): 197 x 233 x 189 voxels of
+ATLAS v2.0 images are registered to this space (docs/method.md §7): 197 x 233 x 189 voxels of
 1 mm, RAS+ axes, world origin (-98, -134, -72) mm at voxel (0, 0, 0). nilearn bundles the
 T1 template and the grey/white-matter probability maps as small uint8 NIfTI files
 (``nilearn/datasets/data/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz``), so
@@ -35,6 +35,7 @@ __all__ = [
     "mni152_template_paths",
     "load_mni152_template",
     "block_average",
+    "check_resolution",
 ]
 
 #: Shape of the 1 mm MNI-152 ICBM 2009a grid (x, y, z), in voxels.
@@ -42,12 +43,7 @@ MNI152_SHAPE: tuple[int, int, int] = (197, 233, 189)
 
 #: Voxel-to-world affine of the 1 mm grid (RAS+, mm); read-only.
 MNI152_AFFINE: np.ndarray = np.array(
-    [
-        [1.0, 0.0, 0.0, -98.0],
-        [0.0, 1.0, 0.0, -134.0],
-        [0.0, 0.0, 1.0, -72.0],
-        [0.0, 0.0, 0.0, 1.0],
-    ]
+    [[1.0, 0.0, 0.0, -98.0], [0.0, 1.0, 0.0, -134.0], [0.0, 0.0, 1.0, -72.0], [0.0, 0.0, 0.0, 1.0]]
 )
 MNI152_AFFINE.setflags(write=False)
 
@@ -89,12 +85,13 @@ class MNITemplate:
         return tuple(int(s) for s in self.t1.shape)  # type: ignore[return-value]
 
 
-def _check_resolution(resolution_mm: int) -> int:
+def check_resolution(resolution_mm: int, name: str = "resolution_mm") -> int:
+    """``resolution_mm`` as a positive int (mm), else a ValueError naming ``name``."""
     # bool is an int subclass; True would silently mean 1 mm.
     if isinstance(resolution_mm, bool) or not isinstance(resolution_mm, (int, np.integer)):
-        raise ValueError(f"resolution_mm must be a positive integer (mm), got {resolution_mm!r}.")
+        raise ValueError(f"{name} must be a positive integer (mm), got {resolution_mm!r}.")
     if resolution_mm < 1:
-        raise ValueError(f"resolution_mm must be a positive integer (mm), got {resolution_mm}.")
+        raise ValueError(f"{name} must be a positive integer (mm), got {resolution_mm}.")
     return int(resolution_mm)
 
 
@@ -109,7 +106,7 @@ def mni152_grid(resolution_mm: int = 1) -> tuple[tuple[int, int, int], np.ndarra
         new (writable) 4 x 4 float64 affine with voxel size ``r`` mm whose voxel (0, 0, 0)
         is the centre of the first ``r``-block of the 1 mm grid.
     """
-    r = _check_resolution(resolution_mm)
+    r = check_resolution(resolution_mm)
     shape = tuple(math.ceil(n / r) for n in MNI152_SHAPE)
     affine = np.array(MNI152_AFFINE, dtype=np.float64)
     affine[:3, :3] *= r
@@ -160,7 +157,7 @@ def block_average(volume: np.ndarray, block: int) -> np.ndarray:
     """
     if volume.ndim != 3:
         raise ValueError(f"block_average expects a 3D array, got shape {volume.shape}.")
-    block = _check_resolution(block)
+    block = check_resolution(block)
     data = np.asarray(volume, dtype=np.float32)
     if block == 1:
         return data.copy()
@@ -200,7 +197,7 @@ def load_mni152_template(resolution_mm: int = 1) -> MNITemplate:
         ImportError: nilearn is missing (``pip install ".[demo]"``).
         ValueError: bad ``resolution_mm``.
     """
-    r = _check_resolution(resolution_mm)
+    r = check_resolution(resolution_mm)
     paths = mni152_template_paths()
     t1, gm, wm = (_read_uint8_volume(paths[k]) for k in ("t1", "gm", "wm"))
     brain = (t1 > 0).astype(np.float32)

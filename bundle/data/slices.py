@@ -1,7 +1,7 @@
-"""3D volumes as a data set of 2D slices (SPEC section 1, step 2), for MAE pre-training and segmentation.
+"""3D volumes as a data set of 2D slices (docs/method.md §1), for MAE pre-training and segmentation.
 
 :class:`VolumeSliceDataset` runs the volume-level transform (e.g.
-:func:`bundle.transforms.preprocessing.brain_preprocessing`) once per volume, with the result kept
+:func:`bundle.transforms.brain.brain_preprocessing`) once per volume, with the result kept
 by a MONAI :class:`~monai.data.CacheDataset` (``cache="memory"``) or
 :class:`~monai.data.PersistentDataset` (``cache="disk"``), indexes the (volume, slice) pairs that
 pass the selection rule, and serves each slice as a dict of channel-first 2D MetaTensors
@@ -26,8 +26,8 @@ Distributed training (DDP):
 
 from __future__ import annotations
 
-import hashlib
-import json
+import logging
+import math
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, NoReturn
@@ -38,16 +38,24 @@ from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, Randomizable, Transform, apply_transform
 from torch.utils.data import Dataset as TorchDataset
 
-from bundle.transforms.preprocessing import find_volume_error
+from bundle.utils.errors import find_volume_error
+from bundle.utils.flags import as_flag
+from bundle.utils.geometry import voxel_spacing
+
+from .cache import PackMetaTensors, transform_fingerprint, unpack_meta_tensors
+from .checks import residual_map_statistic, summarise_residual_statistics
 
 __all__ = [
     "SELECTIONS",
-    "PackMetaTensors",
     "VolumeSliceDataset",
+    "common_spacing",
+    "num_slices_per_epoch",
+    "residual_map_reference",
     "slice_sampling_weights",
-    "transform_fingerprint",
-    "unpack_meta_tensors",
+    "volume_spacings",
 ]
+
+logger = logging.getLogger(__name__)
 
 SELECTIONS = ("all", "lesion_free", "lesion")
 CACHE_MODES = ("memory", "disk", None)
@@ -69,68 +77,6 @@ def _slice_affine(affine: torch.Tensor, axis: int, index: int) -> torch.Tensor:
     return out
 
 
-_PACKED = "__meta_tensor__"
-_PACKED_META = ("filename_or_obj", "space")
-
-
-class PackMetaTensors(Transform):
-    """Turn the MetaTensors of a dict into ``torch.load(weights_only=True)``-safe dicts.
-
-    ``{key: MetaTensor}`` -> ``{key: {"__meta_tensor__": tensor, "affine": tensor, "meta": {...}}}``
-    keeping the affine and the ``filename_or_obj``/``space`` meta entries (as strings), which is
-    what the slices need; :func:`unpack_meta_tensors` reverses it.
-    """
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        out: dict[Hashable, Any] = {}
-        for key, value in data.items():
-            if isinstance(value, MetaTensor):
-                meta = {name: str(value.meta[name]) for name in _PACKED_META if name in value.meta}
-                out[key] = {_PACKED: value.as_tensor(), "affine": value.affine.clone(), "meta": meta}
-            else:
-                out[key] = value
-        return out
-
-
-def unpack_meta_tensors(data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-    """Reverse :class:`PackMetaTensors`; other entries are returned unchanged."""
-    out: dict[Hashable, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping) and _PACKED in value:
-            out[key] = MetaTensor(value[_PACKED], affine=value["affine"], meta=dict(value["meta"]))
-        else:
-            out[key] = value
-    return out
-
-
-def _describe(obj: Any, depth: int = 0) -> Any:
-    """A JSON-able, process-independent description of a transform's configuration."""
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    if isinstance(obj, (torch.dtype, np.dtype, type)):
-        return str(obj)
-    if isinstance(obj, (list, tuple)):
-        return [_describe(o, depth + 1) for o in obj]
-    if isinstance(obj, Mapping):
-        return {str(k): _describe(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    name = f"{type(obj).__module__}.{type(obj).__qualname__}"
-    if depth > 4 or not hasattr(obj, "__dict__"):
-        return name
-    # public attributes only: private ones hold run-time state (readers, trace buffers, caches)
-    public = {k: v for k, v in vars(obj).items() if not k.startswith("_")}
-    return {"type": name, **_describe(public, depth + 1)}
-
-
-def transform_fingerprint(transforms: Sequence[Any]) -> bytes:
-    """Hex sha256 of the transforms' classes and public settings, for PersistentDataset file names.
-
-    MONAI's ``pickle_hashing`` of the transforms changes once they have been used (image readers
-    keep state), which would make every run miss the cache; this fingerprint does not.
-    """
-    text = json.dumps(_describe(list(transforms)), sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest().encode("utf-8")
-
-
 class VolumeSliceDataset(TorchDataset):
     """2D slices of 3D volumes, each volume loaded and preprocessed once.
 
@@ -140,7 +86,7 @@ class VolumeSliceDataset(TorchDataset):
     2. slices whose fraction of foreground pixels (``foreground_key`` > ``foreground_threshold``
        in any channel) is below ``min_foreground_fraction`` are dropped (0: none dropped);
     3. ``select``: ``"all"``; ``"lesion_free"``: slices whose ``label_key`` slice is empty,
-       from lesion-free and lesion subjects alike (what the MAE is trained on, SPEC section 5);
+       from lesion-free and lesion subjects alike (what the MAE is trained on, docs/method.md §5);
        ``"lesion"``: slices holding at least one lesion voxel.
 
     Args:
@@ -228,6 +174,7 @@ class VolumeSliceDataset(TorchDataset):
         self.min_foreground_fraction = min_foreground_fraction
         self.slice_stride = slice_stride
         self.cache = cache
+        progress = as_flag(progress, "progress")
         self.volumes = self._volume_dataset(cache, cache_dir, cache_num_workers, progress)
         self._last: tuple[int, dict] | None = None
         self._build_index(progress)
@@ -292,6 +239,10 @@ class VolumeSliceDataset(TorchDataset):
             raise cause from None
         raise error
 
+    def volume(self, index: int) -> dict:
+        """The preprocessed volume ``index`` (a dict of channel-first tensors), from the cache."""
+        return self._load_volume(index)
+
     def _load_volume(self, index: int) -> dict:
         if self._last is not None and self._last[0] == index:
             return self._last[1]
@@ -300,9 +251,7 @@ class VolumeSliceDataset(TorchDataset):
         except RuntimeError as e:  # MONAI wraps every transform error into a RuntimeError
             self._reraise(e)
         if not isinstance(volume, Mapping):
-            raise TypeError(
-                f"volume_transform must return a dict, got {type(volume).__name__} for record {index}."
-            )
+            raise TypeError(f"volume_transform must return a dict, got {type(volume).__name__} for record {index}.")
         volume = unpack_meta_tensors(volume)
         # without the memory cache keep the last volume: ordered access (validation, inference)
         # then reads or computes each volume once
@@ -401,9 +350,7 @@ class VolumeSliceDataset(TorchDataset):
         k = int(self.slice_index[index])
         volume = self._load_volume(v)
         # record entries that the volume transform loaded (image/label paths) are not passed on
-        volume_keys = set(self.keys) | {
-            name for name, value in volume.items() if isinstance(value, torch.Tensor)
-        }
+        volume_keys = set(self.keys) | {name for name, value in volume.items() if isinstance(value, torch.Tensor)}
         item: dict[str, Any] = {
             name: value
             for name, value in self.records[v].items()
@@ -443,3 +390,52 @@ def slice_sampling_weights(dataset: VolumeSliceDataset, lesion_oversampling: flo
     weights = torch.ones(has_lesion.numel(), dtype=torch.float64)
     weights[has_lesion] = float(lesion_oversampling)
     return weights
+
+
+def num_slices_per_epoch(num_slices: int, max_slices_per_epoch: int | None = None, world_size: int = 1) -> int:
+    """Slices drawn per epoch and per rank: all of them, or at most ``max_slices_per_epoch``.
+
+    Args:
+        num_slices: slices in the training set.
+        max_slices_per_epoch: cap for the whole epoch (all ranks together), None for no cap.
+        world_size: number of distributed ranks sharing the epoch.
+    """
+    if num_slices < 1:
+        raise ValueError("the training set holds no slices: check the datalist and the slice selection.")
+    total = num_slices if max_slices_per_epoch is None else min(num_slices, int(max_slices_per_epoch))
+    return max(1, math.ceil(total / world_size))
+
+
+def volume_spacings(dataset: VolumeSliceDataset, key: str = "image") -> list[tuple[float, ...] | None]:
+    """The voxel spacing (mm) of every preprocessed volume of ``dataset`` (None where unknown)."""
+    spacings: list[tuple[float, ...] | None] = []
+    for v in range(len(dataset.records)):
+        value = dataset.volume(v).get(key)
+        spacings.append(voxel_spacing(value.affine) if isinstance(value, MetaTensor) else None)
+    return spacings
+
+
+def common_spacing(dataset: VolumeSliceDataset, key: str = "image", atol: float = 1e-3) -> list[float] | None:
+    """The voxel spacing all preprocessed volumes of ``dataset`` share, None when they differ (or are
+    unknown); recorded in the weights file so that inference resamples scans to it."""
+    spacings = volume_spacings(dataset, key)
+    if not spacings or any(s is None for s in spacings):
+        return None
+    first = np.asarray(spacings[0])
+    if all(np.allclose(np.asarray(s), first, atol=atol) for s in spacings):
+        return [float(s) for s in first]
+    logger.info("the training volumes have different voxel spacings: inference keeps each scan's grid.")
+    return None
+
+
+def residual_map_reference(
+    dataset: VolumeSliceDataset, image_key: str = "image", maps_key: str = "residual_maps"
+) -> dict[str, Any] | None:
+    """The residual-map statistic (:func:`~bundle.data.checks.residual_map_statistic`) of the
+    training volumes, None when they hold no maps."""
+    values = []
+    for v in range(len(dataset.records)):
+        volume = dataset.volume(v)
+        if maps_key in volume and image_key in volume:
+            values.append(residual_map_statistic(volume[image_key], volume[maps_key]))
+    return summarise_residual_statistics(values)

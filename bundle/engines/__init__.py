@@ -1,45 +1,16 @@
-"""engines of the GRCSF bundle (see the package docstring of :mod:`bundle`)."""
+"""engines of the GRCSF bundle: the loops of MAE pre-training (steps for MONAI's trainer and
+evaluator), inference over files and folders, evaluation against labels."""
 
-from .training import (
-    LOSS_TYPES,
-    AtomicCheckpointSaver,
-    DiskCachedTransform,
-    ResumableEarlyStopHandler,
-    ResumeCheckpointLoader,
-    TrainingCurvesHandler,
-    WarmupCosineLR,
-    build_loss,
-    check_records,
-    num_slices_per_epoch,
-    split_records,
-)
+from .evaluation import ID_COLUMNS, EvaluationRunner, check_label
+from .inference import SegmentationRunner
 from .mae_training import (
-    MAEArchitecture,
-    MAESamplesHandler,
     MAETrainingStep,
     MAEValidationStep,
-    MeanOutput,
-    ProgressBarHandler,
-    as_flag,
+    build_discriminator,
+    discriminator_optimizer,
+    mae_checkpoint_objects,
     mae_loss_terms,
     mae_mask_ratios,
     mae_run_name,
-    mae_validation_metrics,
-    ratio_tag,
+    warm_start_mae,
 )
-from .inference import (
-    AtomicNibabelWriter,
-    InferenceError,
-    NetworkCheckpointLoader,
-    PredictionLayout,
-    SavePredictiond,
-    SegmentationRunner,
-    atomic_output,
-    describe_error,
-    list_inputs,
-    load_network_weights,
-    prediction_path,
-    write_json,
-)
-from .evaluation import EvaluationRunner, check_label, voxel_spacing, write_csv
-from .visualization import OverlaySlices, axial_axis, lesion_slice_index, overlay_figure, save_overlay

@@ -1,4 +1,4 @@
-"""Evaluation of a trained GRCSF on a labelled set (``configs/evaluate.json``, SPEC section 8).
+"""Evaluation of a trained GRCSF on a labelled set (``configs/evaluate.json``, docs/method.md §8).
 
 :class:`EvaluationRunner` predicts every subject with the inference pipeline of
 ``configs/inference.json`` (a :class:`~bundle.engines.inference.SegmentationRunner`, so the masks
@@ -9,7 +9,7 @@ space using :func:`bundle.metrics.segmentation_metrics`, and writes into ``outpu
 - ``metrics.csv``: one row per subject (ids, every metric, seconds per subject end to end);
 - ``summary.json``: means over subjects and, when records carry a subset (ATLAS), the mean per
   subset and the mean over subsets; failed subjects with their error;
-- ``overlays/``: PNGs of the worst and best subjects by Dice (:mod:`bundle.engines.visualization`).
+- ``overlays/``: PNGs of the worst and best subjects by Dice (:mod:`bundle.visualize.overlay`).
 
 A subject whose files are bad (unreadable, label not matching the image's shape or grid, label not
 binary, ...) is reported with its error and left out of the means; the others are evaluated. The
@@ -18,7 +18,6 @@ image/label pair is checked before the residual maps and the inference, so a bad
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -31,23 +30,22 @@ import numpy as np
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd
 
-from ..metrics import SEGMENTATION_METRIC_KEYS, aggregate_metrics, segmentation_metrics
-from ..transforms.preprocessing import LoadVolumed, ValidateVolumed
-from .inference import SegmentationRunner, atomic_output, describe_error, write_json
-from .visualization import OverlaySlices, save_overlay
+from bundle.metrics import SEGMENTATION_METRIC_KEYS, aggregate_metrics, segmentation_metrics
+from bundle.transforms.io import LoadVolumed, ValidateVolumed
+from bundle.utils.errors import DatasetError, FolderRunError, InvalidVolumeError, describe_error
+from bundle.utils.flags import as_flag
+from bundle.utils.geometry import voxel_spacing
+from bundle.utils.io import write_csv, write_json
+from bundle.visualize.overlay import OverlaySlices, save_overlay
 
-__all__ = ["ID_COLUMNS", "EvaluationRunner", "check_label", "voxel_spacing", "write_csv"]
+from .inference import SegmentationRunner
+
+__all__ = ["ID_COLUMNS", "EvaluationRunner", "check_label"]
 
 #: record entries copied into ``metrics.csv`` before the metrics, when present
 ID_COLUMNS: tuple[str, ...] = ("subject", "subset", "cohort", "image", "label", "prediction")
 
 logger = logging.getLogger(__name__)
-
-
-def voxel_spacing(affine: np.ndarray | torch.Tensor) -> tuple[float, ...]:
-    """Voxel size per axis (the column norms of the 3x3 part of a 4x4 affine)."""
-    a = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
-    return tuple(float(s) for s in np.sqrt((a[:3, :3] ** 2).sum(axis=0)))
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -61,7 +59,7 @@ def check_label(label: np.ndarray | torch.Tensor, label_path: str) -> np.ndarray
     """Check that a (channel-first) label is one binary mask; return it as a bool array (X, Y, Z).
 
     Shape, grid and finiteness against the image are checked by
-    :class:`~bundle.transforms.preprocessing.ValidateVolumed`; training binarises labels silently
+    :class:`~bundle.transforms.io.ValidateVolumed`; training binarises labels silently
     (any value > 0 is lesion), but an evaluation must not score against a label it misreads.
 
     Args:
@@ -74,27 +72,15 @@ def check_label(label: np.ndarray | torch.Tensor, label_path: str) -> np.ndarray
     arr = _to_numpy(label)
     if arr.ndim == 4:
         if arr.shape[0] != 1:
-            raise ValueError(f"label {label_path} has {arr.shape[0]} channels; expected one 3D mask.")
+            raise InvalidVolumeError(f"{label_path}: the label has {arr.shape[0]} channels; expected one 3D mask.")
         arr = arr[0]
     values = np.unique(arr)
     if not np.all(np.isin(values, (0, 1))):
         shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
-        raise ValueError(
-            f"label {label_path} is not binary: values {shown}; expected 0 (background) and 1 (lesion)."
+        raise InvalidVolumeError(
+            f"{label_path}: the label is not binary: values {shown}; expected 0 (background) and 1 (lesion)."
         )
     return arr != 0
-
-
-def write_csv(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], path: str, overwrite: bool = False
-) -> str:
-    """Write ``rows`` (missing entries empty) as CSV atomically; returns the path."""
-    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in columns})
-    return path
 
 
 class EvaluationRunner:
@@ -123,6 +109,7 @@ class EvaluationRunner:
             their names.
         extra_prefix: prefix of the ``extra_metrics`` names (keeps e.g. orCaScore's ``vose`` apart
             from the voxel-wise one).
+
     """
 
     def __init__(
@@ -132,12 +119,12 @@ class EvaluationRunner:
         residual_names: Sequence[str] = (),
         group_key: str | None = "subset",
         num_overlays: int = 2,
-        overwrite: bool = False,
+        overwrite: Any = False,
         checkpoint: str | None = None,
         reader: Any = None,
         connectivity: int | None = None,
         min_overlap: float = 0.0,
-        progress: bool = True,
+        progress: Any = True,
         extra_metrics: Callable[..., Mapping[str, float]] | None = None,
         extra_prefix: str = "",
     ) -> None:
@@ -148,7 +135,8 @@ class EvaluationRunner:
         self.residual_names = list(residual_names)
         self.group_key = group_key
         self.num_overlays = int(num_overlays)
-        self.overwrite = overwrite
+        self.overwrite = as_flag(overwrite, "overwrite")
+        self.split_rule: str | None = None
         self.checkpoint = checkpoint
         # image and label files as they are (no reorientation, no binarisation), checked against each
         # other before the costly residual maps and inference: the label is scored in the image's grid
@@ -161,12 +149,10 @@ class EvaluationRunner:
         )
         self.connectivity = connectivity
         self.min_overlap = min_overlap
-        self.progress = progress
+        self.progress = as_flag(progress, "progress")
         key = runner.image_key
         # the image channels (image + residual maps) back in the input's space, for the overlays
-        self.invert_image = Invertd(
-            keys=key, transform=runner.preprocessing, orig_keys=key, nearest_interp=False
-        )
+        self.invert_image = Invertd(keys=key, transform=runner.preprocessing, orig_keys=key, nearest_interp=False)
 
     @property
     def metrics_path(self) -> str:
@@ -208,9 +194,7 @@ class EvaluationRunner:
         item = self.runner.predict({self.runner.image_key: image_path})
         seconds = time.perf_counter() - start  # end to end: loading, residual maps, inference, saving
         pred = item[self.runner.pred_key]
-        if tuple(pred.shape[1:]) != image_shape or not np.allclose(
-            _to_numpy(pred.affine), image_affine, atol=1e-3
-        ):
+        if tuple(pred.shape[1:]) != image_shape or not np.allclose(_to_numpy(pred.affine), image_affine, atol=1e-3):
             raise RuntimeError(
                 f"{image_path}: the postprocessing did not bring the prediction back to the image's grid "
                 f"(shape {tuple(pred.shape[1:])} vs {image_shape}); check its Invertd."
@@ -241,6 +225,7 @@ class EvaluationRunner:
             "prediction": "" if saved is None else os.fspath(saved),
             **metrics,
             "time_s": seconds,
+            "warnings": list(item.get("warnings", [])),
             "_extra": [k for k in metrics if k not in SEGMENTATION_METRIC_KEYS],
         }
         channels = _to_numpy(self.invert_image(item)[self.runner.image_key])
@@ -255,17 +240,22 @@ class EvaluationRunner:
         )
         return row, slices
 
-    def run(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def run(self, records: Sequence[Mapping[str, Any]], split_rule: str | None = None) -> dict[str, Any]:
         """Evaluate ``records`` (dicts with ``image``, ``label`` and optionally ``subject``, ``subset``,
         ``cohort``); write the outputs and return the summary (also in ``summary.json``).
 
+        Args:
+            records: the subjects.
+            split_rule: how they were chosen (``bundle.data.load_split``'s ``rule``), for the summary.
+
         Raises:
             FileExistsError: outputs of an earlier run exist and ``overwrite`` is false.
-            RuntimeError: no subject could be evaluated (the message lists the errors).
+            FolderRunError: some subjects failed (after the others' results are written), or all did.
         """
         records = [dict(r) for r in records]
+        self.split_rule = split_rule
         if not records:
-            raise ValueError("no records to evaluate.")
+            raise DatasetError("no records to evaluate.")
         missing = [i for i, r in enumerate(records) if "image" not in r or "label" not in r]
         if missing:
             raise ValueError(f"records {missing[:5]} lack an 'image' or 'label' entry.")
@@ -301,11 +291,9 @@ class EvaluationRunner:
             slices.append(subject_slices)
         if not rows:
             details = "; ".join(f["error"] for f in failed[:5])
-            raise RuntimeError(f"no subject could be evaluated ({len(failed)} failed): {details}")
+            raise FolderRunError(f"evaluation: all {len(failed)} subjects failed: {details}")
 
-        columns = (
-            [c for c in ID_COLUMNS if any(c in r for r in rows)] + self._metric_keys(rows) + ["time_s"]
-        )
+        columns = [c for c in ID_COLUMNS if any(c in r for r in rows)] + self._metric_keys(rows) + ["time_s"]
         write_csv(rows, columns, self.metrics_path, overwrite=self.overwrite)
         overlays = self._write_overlays(rows, slices)
         summary = self._summary(rows, failed, overlays)
@@ -314,6 +302,11 @@ class EvaluationRunner:
             f"evaluation of {len(rows)} subjects ({len(failed)} failed): mean Dice "
             f"{summary['mean_over_subjects']['dice']:.4f}; {self.metrics_path}, {self.summary_path}"
         )
+        if failed:
+            raise FolderRunError(
+                f"evaluation: {len(failed)} of {len(records)} subjects failed (first: {failed[0]['error']}); "
+                f"the others are in {self.summary_path}"
+            )
         return summary
 
     def _metric_keys(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -338,7 +331,8 @@ class EvaluationRunner:
             "std_over_subjects": overall["std"],
             "count_over_subjects": overall["count"],
             "time_per_subject_s": overall["mean"]["time_s"],
-            # SPEC section 8 also reports the model size and the peak memory of the whole pipeline
+            "split_rule": self.split_rule,
+            # docs/method.md §8 also reports the model size and the peak memory of the whole pipeline
             "network_parameters": sum(p.numel() for p in self.runner.network.parameters()),
             "peak_gpu_memory_mib": (
                 torch.cuda.max_memory_allocated(self.runner.device) / 2**20
@@ -360,14 +354,13 @@ class EvaluationRunner:
             }
         summary.update(
             failed=list(failed),
+            warnings=[{"subject": r["subject"], "warnings": r["warnings"]} for r in rows if r.get("warnings")],
             metrics_csv=self.metrics_path,
             overlays=list(overlays),
         )
         return summary
 
-    def _write_overlays(
-        self, rows: Sequence[Mapping[str, Any]], slices: Sequence[OverlaySlices]
-    ) -> list[str]:
+    def _write_overlays(self, rows: Sequence[Mapping[str, Any]], slices: Sequence[OverlaySlices]) -> list[str]:
         """Overlay PNGs of the ``num_overlays`` worst and best subjects by Dice (each subject once)."""
         if self.num_overlays <= 0:
             return []
@@ -382,7 +375,5 @@ class EvaluationRunner:
                 # subject ids come from data lists: keep file-name-safe characters only
                 subject = re.sub(r"[^A-Za-z0-9._-]+", "_", str(rows[i]["subject"]))
                 name = f"{kind}{rank}_{subject}.png"
-                paths.append(
-                    save_overlay(slices[i], os.path.join(self.overlay_dir, name), overwrite=self.overwrite)
-                )
+                paths.append(save_overlay(slices[i], os.path.join(self.overlay_dir, name), overwrite=self.overwrite))
         return paths

@@ -1,4 +1,14 @@
-"""What MONAI's engines need to pre-train the masked autoencoder (SPEC section 5, paper Sec. 3.3.1, 4.3).
+# Copyright (c) GRCSF bundle contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""What MONAI's engines need to pre-train the masked autoencoder (docs/method.md, the MAE).
 
 ``configs/train_mae.json`` wires these into a :class:`~monai.engines.SupervisedTrainer` and a
 :class:`~monai.engines.SupervisedEvaluator` through their ``iteration_update`` argument:
@@ -10,11 +20,12 @@
   ``adv_weight`` in the MAE's loss.
 - :class:`MAEValidationStep` -- the reconstruction loss per mask ratio under fixed masks
   (seeded by ratio and batch position), so that the validation loss of two epochs is comparable.
-- :class:`MeanOutput` -- an ignite metric averaging a scalar output over the samples (the key
-  metric ``val_loss`` and one ``val_loss_rXXX`` per ratio, see :func:`mae_validation_metrics`).
-- :class:`MAESamplesHandler` -- PNG panels (input / masked input / reconstruction / residual,
-  one row per fixed validation slice and mask ratio) every ``interval`` epochs.
-- :class:`ProgressBarHandler` -- ignite's progress bar as a MONAI-style handler.
+- :func:`build_discriminator`, :func:`discriminator_optimizer`, :func:`warm_start_mae`,
+  :func:`mae_checkpoint_objects` -- the optional parts of the config (GAN loss, official weights),
+  each None or a no-op when switched off, so that the config holds no branches.
+
+Its metrics (:class:`~bundle.handlers.metrics.MeanOutput`) and sample panels
+(:class:`~bundle.handlers.mae_samples.MAESamplesHandler`) are handlers.
 
 Mask ratio modes (config id ``mask_ratio_mode``): ``"joint"`` trains one MAE on all ratios of
 ``mask_ratios``, one ratio drawn per batch; ``"single"`` trains on ``mask_ratio`` alone. The
@@ -34,19 +45,17 @@ again within a few iterations.
 Distributed training: the steps work on a DistributedDataParallel-wrapped MAE (the model's
 helpers are reached through ``.module``); every rank draws the same mask ratio per iteration
 (seeded by the iteration), so the ranks' batches cost the same. :class:`MeanOutput` reduces over
-the ranks. Attach :class:`MAESamplesHandler` and the checkpoint savers on rank 0 only.
+the ranks. Attach the sample panels and the checkpoint savers on rank 0 only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from monai.engines import IterationEvents
 from monai.networks.utils import eval_mode
@@ -54,61 +63,30 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 from torch.optim import Optimizer
 
-from .inference import atomic_output
+from bundle.networks.mae import reconstruction_from_prediction, unwrap_parallel
+from bundle.networks.mae_checkpoint import load_official_mae_checkpoint
+from bundle.networks.masking import check_mask_ratios, ratio_tag
+from bundle.utils.errors import ConfigError
+from bundle.utils.flags import as_device, as_flag
 
-Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
-Metric, _ = optional_import("ignite.metrics", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Metric")
-reinit__is_reduced, _ = optional_import(
-    "ignite.metrics.metric", IgniteInfo.OPT_IMPORT_VERSION, min_version, "reinit__is_reduced"
-)
-sync_all_reduce, _ = optional_import(
-    "ignite.metrics.metric", IgniteInfo.OPT_IMPORT_VERSION, min_version, "sync_all_reduce"
-)
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
 __all__ = [
-    "MAEArchitecture",
-    "MAESamplesHandler",
     "MAETrainingStep",
     "MAEValidationStep",
-    "MeanOutput",
-    "ProgressBarHandler",
-    "as_flag",
+    "build_discriminator",
+    "discriminator_optimizer",
+    "mae_checkpoint_objects",
     "mae_loss_terms",
     "mae_mask_ratios",
     "mae_run_name",
-    "mae_validation_metrics",
-    "pixel_mask",
-    "ratio_tag",
-    "reconstruction_from_prediction",
+    "warm_start_mae",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def as_flag(value: Any) -> bool:
-    """A config switch as a bool, also from command-line strings.
-
-    ``python -m monai.bundle run ... --resume false`` passes the *string* ``"false"`` (the CLI
-    parses only Python literals such as ``False``), which would be truthy; this accepts
-    true/false/yes/no/on/off/1/0 in any case and refuses anything else.
-    """
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("true", "yes", "on", "1"):
-            return True
-        if text in ("false", "no", "off", "0", "none", ""):
-            return False
-        raise ValueError(f"expected a true/false switch, got {value!r}.")
-    return bool(value)
-
-
-def ratio_tag(mask_ratio: float) -> str:
-    """``0.5 -> "r050"``: the mask ratio in whole percent, for metric and file names."""
-    return f"r{round(float(mask_ratio) * 100):03d}"
 
 
 def mae_run_name(mask_ratio_mode: str, mask_ratio: float, base: str = "mae") -> str:
@@ -121,37 +99,16 @@ def mae_run_name(mask_ratio_mode: str, mask_ratio: float, base: str = "mae") -> 
         return base
     if mask_ratio_mode == "single":
         return f"{base}_{ratio_tag(mask_ratio)}"
-    raise ValueError(f"mask_ratio_mode must be 'joint' or 'single', got {mask_ratio_mode!r}.")
+    raise ConfigError(f"mask_ratio_mode must be 'joint' or 'single', got {mask_ratio_mode!r}.")
 
 
 def mae_mask_ratios(mask_ratio_mode: str, mask_ratios: Sequence[float], mask_ratio: float) -> list[float]:
     """The ratios a run trains on: all of ``mask_ratios`` (``"joint"``) or ``[mask_ratio]`` (``"single"``)."""
     mae_run_name(mask_ratio_mode, mask_ratio)  # validates the mode
-    return list(_check_ratios(mask_ratios if mask_ratio_mode == "joint" else [mask_ratio]))
+    return list(check_mask_ratios(mask_ratios if mask_ratio_mode == "joint" else [mask_ratio]))
 
 
-def _check_ratios(mask_ratios: Sequence[float]) -> tuple[float, ...]:
-    ratios = tuple(float(r) for r in mask_ratios)
-    if not ratios:
-        raise ValueError("mask_ratios is empty: give at least one mask ratio.")
-    for r in ratios:
-        if not 0.0 < r < 1.0:
-            raise ValueError(f"mask ratios must be in (0, 1), got {r}.")
-    return ratios
-
-
-def _unwrap(network: nn.Module) -> nn.Module:
-    """The MAE inside DistributedDataParallel/DataParallel (for ``patchify``, ``random_masks``...)."""
-    return (
-        network.module
-        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel))
-        else network
-    )
-
-
-def _autocast(
-    device: torch.device, cuda_amp: bool, cpu_dtype: torch.dtype | None
-) -> contextlib.AbstractContextManager:
+def _autocast(device: torch.device, cuda_amp: bool, cpu_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """fp16 autocast on CUDA when the engine has ``amp``; on CPU only with an explicit ``cpu_dtype``
     (bf16 autocast is slower than float32 on CPUs without bf16 instructions)."""
     if device.type == "cuda" and cuda_amp:
@@ -177,80 +134,6 @@ def _images(batchdata: Any, key: str, device: torch.device, non_blocking: bool =
     if images.ndim != 4:
         raise ValueError(f"the MAE expects (B, C, H, W) images, got shape {tuple(images.shape)}.")
     return images.to(device=device, dtype=torch.float32, non_blocking=non_blocking)
-
-
-def pixel_mask(
-    mae: nn.Module, mask: torch.Tensor, pred: torch.Tensor, image_size: Sequence[int]
-) -> torch.Tensor:
-    """The patch mask (B, L), 1 = masked, as a pixel mask (B, C, H, W) like the MAE's images.
-
-    Args:
-        mae: the MAE (``unpatchify`` maps (B, L, p*p*C) patches to (B, C, H, W) images).
-        mask: (B, L) patch mask.
-        pred: (B, L, p*p*C) prediction, for the patch layout.
-        image_size: (H, W) of the images.
-    """
-    model = _unwrap(mae)
-    grid = (int(image_size[0]) // model.patch_size, int(image_size[1]) // model.patch_size)
-    return model.unpatchify(mask.to(pred.dtype).unsqueeze(-1).expand_as(pred).contiguous(), grid)
-
-
-def reconstruction_from_prediction(
-    mae: nn.Module, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, paste_visible: bool = True
-) -> torch.Tensor:
-    """Differentiable reconstruction (B, C, H, W) from one MAE forward's ``pred`` and ``mask``.
-
-    With ``norm_pix_loss`` the MAE predicts per-patch normalised pixels; they are brought back to
-    intensities with the mean and variance of the input's patches (MAE's visualisation
-    convention). ``paste_visible`` keeps the input's pixels at visible patches (SPEC section 5).
-
-    Args:
-        mae: the MAE.
-        images: (B, C, H, W) input.
-        pred: (B, L, p*p*C) prediction.
-        mask: (B, L) patch mask, 1 = masked.
-        paste_visible: take visible patches from ``images``.
-    """
-    model = _unwrap(mae)
-    patches = pred.float()
-    if getattr(model, "norm_pix_loss", False):
-        target = model.patchify(images)
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        patches = patches * (var + 1.0e-6).sqrt() + mean
-    grid = (images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size)
-    recon = model.unpatchify(patches, grid)
-    if paste_visible:
-        masked = pixel_mask(model, mask, patches, images.shape[-2:])
-        recon = recon * masked + images * (1.0 - masked)
-    return recon
-
-
-class MAEArchitecture:
-    """The MAE's constructor arguments as a checkpointable object (``state_dict``/``load_state_dict``).
-
-    Saved next to the weights, ``CheckpointSaver(save_dict={"state_dict": network, "mae_config":
-    MAEArchitecture(network)})`` writes ``{"state_dict": ..., "mae_config": ...}``: the
-    self-describing format of :func:`bundle.networks.mae.save_mae`, which
-    :func:`bundle.networks.mae.load_mae` and the residual-map transform rebuild without being told
-    the architecture. Loading checks that the checkpoint's architecture is this network's.
-
-    Args:
-        network: the MAE (its ``config`` dict), possibly wrapped in DistributedDataParallel.
-    """
-
-    def __init__(self, network: nn.Module) -> None:
-        self.network = network
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(_unwrap(self.network).config)
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        current = self.state_dict()
-        if dict(state_dict) != current:
-            changed = {k: (state_dict.get(k), current.get(k)) for k in set(state_dict) | set(current)}
-            changed = {k: v for k, v in changed.items() if v[0] != v[1]}
-            raise ValueError(f"the checkpoint's MAE architecture differs from the configured one: {changed}.")
 
 
 class MAETrainingStep:
@@ -295,7 +178,7 @@ class MAETrainingStep:
         adversarial_loss: Callable | None = None,
         cpu_amp_dtype: torch.dtype | None = None,
     ) -> None:
-        self.mask_ratios = _check_ratios(mask_ratios)
+        self.mask_ratios = check_mask_ratios(mask_ratios)
         self.image_key = image_key
         self.seed = int(seed)
         if discriminator is not None and discriminator_optimizer is None:
@@ -341,9 +224,7 @@ class MAETrainingStep:
         ratio = self.mask_ratio_for(engine.state.iteration)
         network = engine.network
         scaler = getattr(engine, "scaler", None)
-        if scaler is not None and not (
-            getattr(engine, "amp", False) and device.type == "cuda" and scaler.is_enabled()
-        ):
+        if scaler is not None and not (getattr(engine, "amp", False) and device.type == "cuda" and scaler.is_enabled()):
             scaler = None
         amp = bool(getattr(engine, "amp", False))
 
@@ -368,9 +249,7 @@ class MAETrainingStep:
             d_opt = self.discriminator_optimizer
             d_opt.zero_grad(set_to_none=True)  # also drops the grads the generator loss left on D
             with _autocast(device, amp, self.cpu_amp_dtype):
-                fake = self._adv(
-                    self.discriminator(recon.detach().contiguous()), real=False, for_discriminator=True
-                )
+                fake = self._adv(self.discriminator(recon.detach().contiguous()), real=False, for_discriminator=True)
                 real = self._adv(self.discriminator(images.contiguous()), real=True, for_discriminator=True)
                 d_loss = 0.5 * (fake + real)
             if scaler is not None:
@@ -424,16 +303,14 @@ class MAEValidationStep:
         seed: int = 0,
         cpu_amp_dtype: torch.dtype | None = None,
     ) -> None:
-        self.mask_ratios = _check_ratios(mask_ratios)
+        self.mask_ratios = check_mask_ratios(mask_ratios)
         self.image_key = image_key
         self.seed = int(seed)
         self.cpu_amp_dtype = cpu_amp_dtype
 
-    def masks(
-        self, mae: nn.Module, batch_size: int, iteration: int, device: torch.device
-    ) -> list[torch.Tensor]:
+    def masks(self, mae: nn.Module, batch_size: int, iteration: int, device: torch.device) -> list[torch.Tensor]:
         """The fixed (B, L) masks of every ratio for the ``iteration``-th batch of a validation run."""
-        model = _unwrap(mae)
+        model = unwrap_parallel(mae)
         out = []
         for i, ratio in enumerate(self.mask_ratios):
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i * 100_003 + int(iteration))
@@ -457,56 +334,6 @@ class MAEValidationStep:
         return output
 
 
-class MeanOutput(Metric):
-    """Mean of a scalar engine output over the samples (batches weighted by their size).
-
-    The MAE's loss of a batch is the mean over its samples (every sample has the same number of
-    masked patches), so weighting it by the batch size gives the exact mean over the data set
-    even when the last batch is smaller. Reduced over the processes in distributed runs.
-
-    Args:
-        key: output entry holding the scalar (e.g. ``"loss"`` or ``"loss_r075"``).
-        batch_key: output entry whose first dimension is the batch size (``"image"``).
-        device: where the running sums live.
-    """
-
-    def __init__(
-        self, key: str = "loss", batch_key: str = "image", device: str | torch.device = "cpu"
-    ) -> None:
-        self.key = key
-        self.batch_key = batch_key
-        super().__init__(output_transform=self._value_and_batch_size, device=device, skip_unrolling=True)
-
-    def _value_and_batch_size(self, output: Any) -> tuple[torch.Tensor, int]:
-        if isinstance(output, (list, tuple)):  # a decollated output repeats the batch values per item
-            raise TypeError("MeanOutput needs the engine's output dict: set decollate=False on the engine.")
-        return torch.as_tensor(output[self.key]), int(output[self.batch_key].shape[0])
-
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._sum = torch.tensor(0.0, dtype=torch.float64, device=self._device)
-        self._count = torch.tensor(0, dtype=torch.long, device=self._device)
-
-    @reinit__is_reduced
-    def update(self, output: tuple[torch.Tensor, int]) -> None:
-        value, batch = output
-        self._sum += value.detach().double().mean().to(self._device) * batch
-        self._count += batch
-
-    @sync_all_reduce("_sum", "_count")
-    def compute(self) -> float:
-        if int(self._count) == 0:
-            raise RuntimeError(f"MeanOutput({self.key!r}) has seen no samples.")
-        return float(self._sum / self._count)
-
-
-def mae_validation_metrics(mask_ratios: Sequence[float], prefix: str = "val_loss") -> dict[str, MeanOutput]:
-    """One :class:`MeanOutput` per mask ratio: ``{"val_loss_r050": ..., "val_loss_r075": ...}``."""
-    return {
-        f"{prefix}_{ratio_tag(r)}": MeanOutput(key=f"loss_{ratio_tag(r)}") for r in _check_ratios(mask_ratios)
-    }
-
-
 def mae_loss_terms(output: Any) -> dict[str, float]:
     """The loss entries of a :class:`MAETrainingStep` output for StatsHandler/TensorBoardStatsHandler."""
     if isinstance(output, (list, tuple)):
@@ -515,156 +342,34 @@ def mae_loss_terms(output: Any) -> dict[str, float]:
     return {name: float(torch.as_tensor(output[name]).float().mean()) for name in names if name in output}
 
 
-class ProgressBarHandler:
-    """ignite's tqdm progress bar (with the running loss) as a handler for MONAI engines' handler lists.
+def build_discriminator(
+    enabled: Any = False, in_channels: int = 1, channels: int = 64, num_layers: int = 3, device: Any = None
+) -> nn.Module | None:
+    """The paper's GAN-loss discriminator (MONAI ``PatchDiscriminator``, 2D) on ``device``; None when
+    ``enabled`` (the ``mae_adversarial`` switch) is off."""
+    if not as_flag(enabled, "mae_adversarial"):
+        return None
+    from monai.networks.nets import PatchDiscriminator
 
-    Args:
-        enabled: attach at all (the ``progress_bar`` config id).
-        output_transform: engine output -> value(s) shown next to the bar.
-        persist: keep the finished bar of each epoch.
-    """
-
-    def __init__(
-        self, enabled: bool = True, output_transform: Callable | None = None, persist: bool = False
-    ) -> None:
-        self.enabled = as_flag(enabled)
-        self.output_transform = output_transform
-        self.persist = persist
-
-    def attach(self, engine: Engine) -> None:
-        if not self.enabled:
-            return
-        from ignite.handlers import ProgressBar
-
-        ProgressBar(persist=self.persist).attach(engine, output_transform=self.output_transform)
+    network = PatchDiscriminator(spatial_dims=2, in_channels=in_channels, channels=channels, num_layers_d=num_layers)
+    return network.to(as_device(device))
 
 
-class MAESamplesHandler:
-    """Write MAE reconstruction panels of a few fixed validation slices every ``interval`` epochs.
+def discriminator_optimizer(discriminator: nn.Module | None, lr: float = 1e-4) -> Optimizer | None:
+    """Adam (betas 0.5, 0.999, the usual GAN setting) over the discriminator; None without one."""
+    if discriminator is None:
+        return None
+    return torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
 
-    ``<output_dir>/epoch_XXX.png``: one row per (slice, mask ratio), columns input / masked
-    input / reconstruction (decoder at masked patches, input at visible ones) / residual
-    ``|input - reconstruction|``. Masks are seeded per (slice, ratio), so consecutive panels
-    differ only by the weights. Written atomically; also after the last epoch.
 
-    Args:
-        network: the MAE.
-        dataset: validation slice data set; items are dicts with ``image_key`` (C, H, W).
-        output_dir: folder of the PNGs, e.g. ``<output_dir>/mae_samples``.
-        mask_ratios: one row per ratio.
-        num_samples: slices shown, evenly spaced over ``dataset`` (ignored with ``indices``).
-        indices: data set indices of the slices to show.
-        interval: epochs between panels.
-        seed: seed of the masks.
-        image_key: item key of the slice.
-        device: where to run the MAE, None: where its parameters are.
-    """
+def warm_start_mae(network: nn.Module, path: str | None = None, strict: Any = True) -> nn.Module:
+    """Load official MAE weights (``mae_pretrained``) into ``network`` when a path is given; returns it."""
+    if path:
+        load_official_mae_checkpoint(unwrap_parallel(network), path, strict=as_flag(strict, "mae_pretrained_strict"))
+    return network
 
-    def __init__(
-        self,
-        network: nn.Module,
-        dataset: Sequence,
-        output_dir: str | os.PathLike,
-        mask_ratios: Sequence[float] = (0.5, 0.75),
-        num_samples: int = 4,
-        indices: Sequence[int] | None = None,
-        interval: int = 10,
-        seed: int = 0,
-        image_key: str = "image",
-        device: str | torch.device | None = None,
-    ) -> None:
-        if interval < 1:
-            raise ValueError(f"interval must be >= 1, got {interval}.")
-        self.network = network
-        self.dataset = dataset
-        self.output_dir = os.fspath(output_dir)
-        self.mask_ratios = _check_ratios(mask_ratios)
-        self.num_samples = int(num_samples)
-        self.indices = None if indices is None else [int(i) for i in indices]
-        self.interval = int(interval)
-        self.seed = int(seed)
-        self.image_key = image_key
-        self.device = None if device is None else torch.device(device)
-        self._samples: tuple[torch.Tensor, list[str]] | None = None
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def _fixed_samples(self) -> tuple[torch.Tensor, list[str]]:
-        if self._samples is None:
-            if len(self.dataset) == 0:
-                raise ValueError("MAESamplesHandler: the validation data set is empty.")
-            indices = self.indices
-            if indices is None:
-                count = max(1, min(self.num_samples, len(self.dataset)))
-                indices = [round(float(i)) for i in np.linspace(0, len(self.dataset) - 1, count)]
-            items = [self.dataset[i] for i in indices]
-            images = torch.stack([torch.as_tensor(item[self.image_key]).float() for item in items])
-            names = [
-                f"{item.get('subject', i)} slice {item.get('slice_index', '?')}"
-                for i, item in zip(indices, items)
-            ]
-            self._samples = (images.as_tensor() if hasattr(images, "as_tensor") else images, names)
-        return self._samples
-
-    def __call__(self, engine: Engine) -> None:
-        epoch = int(engine.state.epoch)
-        last = engine.state.max_epochs is not None and epoch >= int(engine.state.max_epochs)
-        if epoch % self.interval != 0 and not last:
-            return
-        self.write(epoch)
-
-    def panels(self) -> list[tuple[str, float, list[np.ndarray]]]:
-        """Rows of (name, ratio, [input, masked input, reconstruction, residual]) as (H, W) arrays."""
-        images, names = self._fixed_samples()
-        mae = _unwrap(self.network)
-        device = self.device or next(mae.parameters()).device
-        images = images.to(device)
-        rows = []
-        with eval_mode(mae):
-            for i, ratio in enumerate(self.mask_ratios):
-                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-                mask = mae.random_masks(images.shape[0], ratio, generator=generator, device=device)
-                _, pred, mask = mae(images, mask_ratio=ratio, mask=mask)
-                recon = reconstruction_from_prediction(mae, images, pred, mask).clamp(0.0, 1.0)
-                masked = pixel_mask(mae, mask, pred, images.shape[-2:])
-                for b in range(images.shape[0]):
-                    x = images[b, 0].float().cpu().numpy()
-                    m = masked[b, 0].float().cpu().numpy()
-                    r = recon[b, 0].float().cpu().numpy()
-                    rows.append((names[b], ratio, [x, np.where(m > 0.5, np.nan, x), r, np.abs(x - r)]))
-        rows.sort(key=lambda row: names.index(row[0]))  # one block of ratios per slice
-        return rows
-
-    def write(self, epoch: int) -> str:
-        """Draw the panel of ``epoch`` and replace ``<output_dir>/epoch_XXX.png``; returns its path."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        rows = self.panels()
-        titles = ("input", "masked input", "reconstruction", "|residual|")
-        fig = Figure(figsize=(4 * 2.2, len(rows) * 2.2 + 0.4), dpi=100)
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(len(rows), 4, squeeze=False)
-        residual_max = max(max(float(np.nanmax(row[2][3])), 1e-6) for row in rows)
-        for r, (name, ratio, arrays) in enumerate(rows):
-            for c, array in enumerate(arrays):
-                ax = axes[r, c]
-                # (H, W) are the first and second in-plane volume axes; transposed with origin "lower"
-                # an axial RAS slice shows right-left horizontally and anterior up
-                cmap, vmax = ("magma", residual_max) if c == 3 else ("gray", 1.0)
-                ax.imshow(array.T, origin="lower", cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0:
-                    ax.set_title(titles[c], fontsize=9)
-                if c == 0:
-                    ax.set_ylabel(f"{name}\nmask {ratio:.2f}", fontsize=7)
-        fig.suptitle(f"MAE reconstructions, epoch {epoch}", fontsize=10)
-        fig.tight_layout()
-        path = os.path.join(self.output_dir, f"epoch_{epoch:03d}.png")
-        with atomic_output(path, overwrite=True) as tmp:
-            fig.savefig(tmp, format="png")
-            os.chmod(tmp, 0o644)  # the temporary file is created private (0600); the panel is not
-        logger.info(f"MAE sample panel written to {path}")
-        return path
+def mae_checkpoint_objects(**objects: Any) -> dict[str, Any]:
+    """The objects of the resume checkpoint (``model``, ``optimizer``, ...), without the absent ones
+    (the discriminator and its optimizer exist only with the GAN loss)."""
+    return {name: value for name, value in objects.items() if value is not None}

@@ -1,4 +1,4 @@
-"""Coronary calcium post-processing, Agatston scoring and orCaScore metrics (SPEC Sec. 7-8).
+"""Coronary calcium post-processing, Agatston scoring and orCaScore metrics (docs/method.md §7-8).
 
 Arrays are 3D CT volumes ``(H, W, D)`` (optionally channel-first ``(1, H, W, D)``) with the
 axial slice axis given by ``slice_axis`` (default: the last axis, MONAI's channel-first RAS

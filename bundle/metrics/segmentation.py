@@ -1,4 +1,4 @@
-"""Per-subject binary lesion-segmentation metrics (GRCSF paper Sec. 4.2, SPEC Sec. 8).
+"""Per-subject binary lesion-segmentation metrics (GRCSF paper Sec. 4.2, docs/method.md §8).
 
 Everything here works on one subject at a time: a binary prediction and a binary ground
 truth of the same spatial shape, 2D ``(H, W)`` or 3D ``(H, W, D)``, given as numpy arrays or
@@ -155,9 +155,7 @@ def _drop_channel(arr: np.ndarray, name: str, n_spacing: int | None) -> np.ndarr
             )
         arr = arr[0]
     if arr.ndim not in (2, 3):
-        raise ValueError(
-            f"{name} must be 2D (H, W) or 3D (H, W, D), optionally channel-first; got {arr.shape}."
-        )
+        raise ValueError(f"{name} must be 2D (H, W) or 3D (H, W, D), optionally channel-first; got {arr.shape}.")
     return arr
 
 
@@ -173,9 +171,7 @@ def _check_spacing(spacing: Sequence[float] | np.ndarray | None, ndim: int) -> t
 
 
 def _prepare_pair(
-    pred: np.ndarray | torch.Tensor,
-    truth: np.ndarray | torch.Tensor,
-    spacing: Sequence[float] | np.ndarray | None,
+    pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor, spacing: Sequence[float] | np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None]:
     """Convert and validate a (prediction, truth) pair; returns bool arrays of equal spatial shape."""
     n_spacing = None if spacing is None else int(np.asarray(_to_numpy(spacing)).size)
@@ -241,14 +237,7 @@ def _ratio(num: float, den: float) -> float:
 def _overlap_scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
     """Voxel-count scores with the module's empty-mask conventions (see module docstring)."""
     if tp + fp + fn == 0:  # both masks empty: a perfect prediction
-        return {
-            "dice": 1.0,
-            "iou": 1.0,
-            "precision": 1.0,
-            "recall": 1.0,
-            "fpr": _ratio(fp, fp + tn),
-            "vose": 0.0,
-        }
+        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "fpr": _ratio(fp, fp + tn), "vose": 0.0}
     return {
         "dice": _ratio(2 * tp, 2 * tp + fp + fn),
         "iou": _ratio(tp, tp + fp + fn),
@@ -259,9 +248,7 @@ def _overlap_scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
     }
 
 
-def _detection_scores(
-    n_true: int, n_pred: int, n_detected: int, n_pred_tp: int
-) -> tuple[float, float, float]:
+def _detection_scores(n_true: int, n_pred: int, n_detected: int, n_pred_tp: int) -> tuple[float, float, float]:
     """Lesion-wise (precision, recall, F1) with the module's empty conventions."""
     if n_true == 0 and n_pred == 0:
         return 1.0, 1.0, 1.0
@@ -283,9 +270,7 @@ class _LesionMatch(NamedTuple):
     pred_tp: np.ndarray  # (n_pred,) bool: predicted component overlaps the truth
 
 
-def _match_lesions(
-    pred: np.ndarray, truth: np.ndarray, structure: np.ndarray, min_overlap: float
-) -> _LesionMatch:
+def _match_lesions(pred: np.ndarray, truth: np.ndarray, structure: np.ndarray, min_overlap: float) -> _LesionMatch:
     """Label both bool masks and match components by voxel overlap (all vectorised with bincount)."""
     if not 0.0 <= min_overlap <= 1.0:
         raise ValueError(f"min_overlap is a fraction in [0, 1], got {min_overlap}.")
@@ -368,9 +353,7 @@ def segmentation_metrics(
 def _check_bins(bins: Sequence[float]) -> np.ndarray:
     edges = np.asarray(bins, dtype=np.float64).ravel()
     if edges.size < 2 or np.isnan(edges).any() or np.any(np.diff(edges) <= 0):
-        raise ValueError(
-            f"bins must be >= 2 strictly increasing edges without NaN, got {tuple(edges.tolist())}."
-        )
+        raise ValueError(f"bins must be >= 2 strictly increasing edges without NaN, got {tuple(edges.tolist())}.")
     return edges
 
 
@@ -438,9 +421,7 @@ def summarise_lesion_bins(
     det = np.asarray(detected, dtype=bool).ravel()
     dsc = np.asarray(dice, dtype=np.float64).ravel()
     if not values.size == det.size == dsc.size:
-        raise ValueError(
-            f"attribute, detected and dice lengths differ: {values.size}, {det.size}, {dsc.size}."
-        )
+        raise ValueError(f"attribute, detected and dice lengths differ: {values.size}, {det.size}, {dsc.size}.")
     if np.isnan(values).any() or np.isnan(dsc).any():
         raise ValueError("attribute and dice must not contain NaN.")
     n_bins = edges.size - 1
@@ -532,11 +513,7 @@ def _summarise(rows: Sequence[Mapping[str, Any]], keys: list[str], ddof: int) ->
     return out
 
 
-def aggregate_metrics(
-    rows: Sequence[Mapping[str, Any]],
-    group_key: str | None = None,
-    ddof: int = 0,
-) -> dict[str, Any]:
+def aggregate_metrics(rows: Sequence[Mapping[str, Any]], group_key: str | None = None, ddof: int = 0) -> dict[str, Any]:
     """Mean and standard deviation of per-subject metric rows, NaNs ignored.
 
     Args:
@@ -545,7 +522,7 @@ def aggregate_metrics(
             missing numeric entry counts as NaN.
         group_key: name of the entry holding each subject's subset (ATLAS: one of the four
             subsets). When given, the metrics are averaged over the subjects of each subset
-            first and then over the subsets (SPEC Sec. 8, paper Table 1), so every subset
+            first and then over the subsets (docs/method.md §8, paper Table 1), so every subset
             weighs the same whatever its size.
         ddof: delta degrees of freedom of the standard deviation (0: population std).
 
@@ -611,9 +588,7 @@ class LesionMetrics(CumulativeIterationMetric):
     ) -> None:
         super().__init__()
         if metric_name is not None and metric_name not in SEGMENTATION_METRIC_KEYS:
-            raise ValueError(
-                f"metric_name must be None or one of {SEGMENTATION_METRIC_KEYS}, got {metric_name!r}."
-            )
+            raise ValueError(f"metric_name must be None or one of {SEGMENTATION_METRIC_KEYS}, got {metric_name!r}.")
         self.metric_name = metric_name
         self.spacing = spacing
         self.connectivity = connectivity
@@ -624,18 +599,14 @@ class LesionMetrics(CumulativeIterationMetric):
         """Column names of the buffered ``(N, K)`` per-item table."""
         return SEGMENTATION_METRIC_KEYS
 
-    def _compute_tensor(
-        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
-    ) -> torch.Tensor:
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Per-item metrics of a batch: ``(B, C, spatial...)`` masks -> ``(B, K)`` float64 tensor."""
         if y is None:
             raise ValueError("LesionMetrics needs the ground truth y.")
         if y_pred.shape != y.shape:
             raise ValueError(f"y_pred and y shapes differ: {tuple(y_pred.shape)} vs {tuple(y.shape)}.")
         if y_pred.ndim not in (4, 5) or y_pred.shape[1] not in (1, 2):
-            raise ValueError(
-                f"expected (B, C, H, W[, D]) with C = 1 (or 2 one-hot), got {tuple(y_pred.shape)}."
-            )
+            raise ValueError(f"expected (B, C, H, W[, D]) with C = 1 (or 2 one-hot), got {tuple(y_pred.shape)}.")
         ch = y_pred.shape[1] - 1  # the lesion channel: 0 for a single channel, 1 for one-hot
         rows = [
             segmentation_metrics(

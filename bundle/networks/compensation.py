@@ -18,7 +18,7 @@
 All tensors are 2D feature maps in ``(B, C, H, W)`` layout (contiguous or channels-last).
 
 Implementation notes (speed, ``docs/speed.md``; the math is that of the straightforward
-formulas, which ``tests/test_networks.py`` compares against, gradients included):
+formulas, which ``tests/networks/test_grcsf.py`` compares against, gradients included):
 
 - GCU: the squeeze-excitation outputs are per-channel rescalings, so the cosine similarity
   takes them as weights of its channel sums (batched matrix-vector products) instead of
@@ -39,7 +39,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from monai.networks.layers.utils import get_act_layer
 
 __all__ = [
@@ -143,7 +142,7 @@ def _weighted_cosine_similarity(
         products = products and not _autocast_enabled(x.device.type)
     if products:
         b, c, h, w = x.shape
-            # (B, 1, C) @ (B, C, HW); reshape is a view for contiguous and channels-last tensors
+        # (B, 1, C) @ (B, C, HW); reshape is a view for contiguous and channels-last tensors
         dot = torch.bmm((x_weights * y_weights).unsqueeze(1), (x * y).reshape(b, c, h * w))
         x_sq = torch.bmm((x_weights * x_weights).unsqueeze(1), (x * x).reshape(b, c, h * w))
         y_sq = torch.bmm((y_weights * y_weights).unsqueeze(1), (y * y).reshape(b, c, h * w))
@@ -397,7 +396,7 @@ class GlobalCompensationUnit(nn.Module):
             reduction: squeeze-and-excitation reduction ratio.
             projection_kernel_size: kernel of the conv projecting ``S`` to ``C`` channels (odd),
                 applied at ``S``'s resolution before the bilinear upsampling (the same function
-                as projecting after it for a 1x1 kernel, at a quarter of the cost). The SPEC's
+                as projecting after it for a 1x1 kernel, at a quarter of the cost). The 1x1 design's
                 choice is 1; 3 reproduces the paper's parameter overhead (see
                 ``docs/architecture.md``).
             act: activation inside the two squeeze-and-excitation bottlenecks.
@@ -407,9 +406,7 @@ class GlobalCompensationUnit(nn.Module):
         if min(skip_channels, down_channels, up_channels) < 1:
             raise ValueError("GlobalCompensationUnit channel counts must be positive.")
         if projection_kernel_size < 1 or projection_kernel_size % 2 == 0:
-            raise ValueError(
-                f"projection_kernel_size must be a positive odd number, got {projection_kernel_size}."
-            )
+            raise ValueError(f"projection_kernel_size must be a positive odd number, got {projection_kernel_size}.")
         self.project_down = nn.Conv2d(
             down_channels, skip_channels, projection_kernel_size, padding=projection_kernel_size // 2
         )
@@ -419,9 +416,7 @@ class GlobalCompensationUnit(nn.Module):
         self.se_up = SqueezeExcitation(skip_channels, reduction, act)
         self.se_skip = SqueezeExcitation(skip_channels, reduction, act)
 
-    def forward(
-        self, skip: torch.Tensor, down: torch.Tensor, up: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, skip: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             skip: ``F``, ``(B, C, H, W)``.
@@ -434,17 +429,14 @@ class GlobalCompensationUnit(nn.Module):
         """
         size = [int(skip.shape[2]), int(skip.shape[3])]
         # projected at S's resolution, then upsampled: the projection's parameters at a quarter of
-        # the pixels (its 3x3 variant was the largest cost of the unit); for the SPEC's 1x1 kernel
+        # the pixels (its 3x3 variant was the largest cost of the unit); for the 1x1 kernel
         # both orders are the same function (both are linear and bilinear weights sum to 1)
         ru = F.interpolate(self.project_down(down), size=size, mode="bilinear", align_corners=False)
         projected_up = self.project_up(up)
         # R = CS(RU * SE_u(U'), SE_f(F)): the squeeze-excitation outputs are per-channel rescalings,
         # so they enter the channel sums as weights instead of as rescaled copies of the features
         residual = _weighted_cosine_similarity(
-            ru * projected_up,
-            self.se_up.channel_weights(projected_up),
-            skip,
-            self.se_skip.channel_weights(skip),
+            ru * projected_up, self.se_up.channel_weights(projected_up), skip, self.se_skip.channel_weights(skip)
         )
         # C = R * F + F in one pass
         return torch.addcmul(skip, skip, residual), residual
@@ -475,11 +467,7 @@ class PatchImportanceScore(nn.Module):
         self.patch_size = patch_size
         self.reduce = _PointwiseConv2d(channels, 1)
         self.mlp = nn.Sequential(
-            nn.Linear(tokens, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, 1),
+            nn.Linear(tokens, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -552,8 +540,7 @@ class RegionalCompensationUnit(nn.Module):
         # grouped convs: every residual map has its own embedding and query projection,
         # computed for all maps in one call
         self.embed = nn.Sequential(
-            nn.Conv2d(num_maps, num_maps * channels, kernel_size=3, padding=1, groups=num_maps),
-            get_act_layer(act),
+            nn.Conv2d(num_maps, num_maps * channels, kernel_size=3, padding=1, groups=num_maps), get_act_layer(act)
         )
         self.query = nn.Conv2d(num_maps * channels, num_maps * qk_channels, kernel_size=1, groups=num_maps)
         self.key = nn.Conv2d(channels, qk_channels, kernel_size=1)
@@ -575,9 +562,7 @@ class RegionalCompensationUnit(nn.Module):
         return self.forward_with_scores(up, residual_maps)[0]
 
     @torch.jit.export
-    def forward_with_scores(
-        self, up: torch.Tensor, residual_maps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_scores(self, up: torch.Tensor, residual_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Same as :meth:`forward`, also returning the importance scores.
 
@@ -713,8 +698,5 @@ class RegionalCompensationUnit(nn.Module):
         attended = F.scaled_dot_product_attention(
             queries, keys.contiguous(), values.contiguous(), scale=1.0
         )  # (B, N, R * T, C)
-        mixed = torch.matmul(
-            coefficients.reshape(b * n, 1, r).to(attended.dtype), attended.reshape(b * n, r, t * c)
-        )
+        mixed = torch.matmul(coefficients.reshape(b * n, 1, r).to(attended.dtype), attended.reshape(b * n, r, t * c))
         return mixed.reshape(b, n, t, c)
-

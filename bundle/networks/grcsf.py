@@ -13,19 +13,18 @@ on the last three decoder layers. See ``docs/architecture.md`` for where each un
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
-
 from monai.networks.layers.factories import Conv
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from monai.utils import ensure_tuple_rep
 
 from .compensation import GlobalCompensationUnit, RegionalCompensationUnit
 
-__all__ = ["GRCSF", "grcsf_preset", "GRCSF_PRESETS", "BACKBONES"]
+__all__ = ["BACKBONES", "GRCSF", "GRCSF_PRESETS", "grcsf_from_settings", "grcsf_preset"]
 
 BACKBONES = ("unetplusplus", "unet")
 
@@ -33,7 +32,7 @@ BACKBONES = ("unetplusplus", "unet")
 GRCSF_PRESETS: dict[str, dict[str, Any]] = {
     # UNet++ widths of Zhou et al. (64 ... 1024): MONAI's BasicUNetPlusPlus at these widths has
     # 36.45 M parameters (paper: 36.63 M). A 3x3 GCU projection brings the full GRCSF to
-    # ~43.2 M (paper: 42.85 M); with the SPEC's 1x1 projection the units add ~1.2 M only, far
+    # ~43.2 M (paper: 42.85 M); with the 1x1 projection the units add ~1.2 M only, far
     # below the paper's +6.2 M overhead.
     "paper": {"features": (64, 128, 256, 512, 1024, 64), "gcu_projection_kernel_size": 3},
     # the same architecture, narrow enough for CPU demos and unit tests
@@ -130,7 +129,7 @@ class GRCSF(nn.Module):
             importance_score: use the RCU importance score (``False``: ablation without it).
             gcu_reduction: squeeze-and-excitation ratio inside the GCUs.
             gcu_projection_kernel_size: kernel of the GCU conv projecting the upsampled lower
-                feature ``S`` (SPEC: 1; the ``"paper"`` preset uses 3, see ``GRCSF_PRESETS``).
+                feature ``S`` (docs/method.md §2: 1; the ``"paper"`` preset uses 3, see ``GRCSF_PRESETS``).
             rcu_attention_reduction: RCU query/key width is ``C // rcu_attention_reduction``.
             rcu_weight_init: initial value of the RCUs' per-map scalars ``W_r``.
             act: activation type and arguments (backbone and RCU embeddings).
@@ -143,15 +142,11 @@ class GRCSF(nn.Module):
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}.")
         if upsample not in ("deconv", "pixelshuffle", "nontrainable"):
-            raise ValueError(
-                f"upsample must be 'deconv', 'pixelshuffle' or 'nontrainable', got {upsample!r}."
-            )
+            raise ValueError(f"upsample must be 'deconv', 'pixelshuffle' or 'nontrainable', got {upsample!r}.")
         if image_channels < 1:
             raise ValueError(f"image_channels must be at least 1, got {image_channels}.")
         if in_channels < image_channels:
-            raise ValueError(
-                f"in_channels ({in_channels}) must be at least image_channels ({image_channels})."
-            )
+            raise ValueError(f"in_channels ({in_channels}) must be at least image_channels ({image_channels}).")
         if out_channels < 1:
             raise ValueError(f"out_channels must be at least 1, got {out_channels}.")
         fea = ensure_tuple_rep(features, 6) if isinstance(features, int) else tuple(features)
@@ -240,20 +235,14 @@ class GRCSF(nn.Module):
         self.upcat_2_1 = UpCat(2, fea[3], fea[2], fea[2], act, norm, bias, dropout, upsample)
         self.upcat_3_1 = UpCat(2, fea[4], fea[3], fea[3], act, norm, bias, dropout, upsample)
 
-        self.upcat_0_2 = UpCat(
-            2, fea[1], fea[0] * 2, fea[0], act, norm, bias, dropout, upsample, halves=False
-        )
+        self.upcat_0_2 = UpCat(2, fea[1], fea[0] * 2, fea[0], act, norm, bias, dropout, upsample, halves=False)
         self.upcat_1_2 = UpCat(2, fea[2], fea[1] * 2, fea[1], act, norm, bias, dropout, upsample)
         self.upcat_2_2 = UpCat(2, fea[3], fea[2] * 2, fea[2], act, norm, bias, dropout, upsample)
 
-        self.upcat_0_3 = UpCat(
-            2, fea[1], fea[0] * 3, fea[0], act, norm, bias, dropout, upsample, halves=False
-        )
+        self.upcat_0_3 = UpCat(2, fea[1], fea[0] * 3, fea[0], act, norm, bias, dropout, upsample, halves=False)
         self.upcat_1_3 = UpCat(2, fea[2], fea[1] * 3, fea[1], act, norm, bias, dropout, upsample)
 
-        self.upcat_0_4 = UpCat(
-            2, fea[1], fea[0] * 4, fea[5], act, norm, bias, dropout, upsample, halves=False
-        )
+        self.upcat_0_4 = UpCat(2, fea[1], fea[0] * 4, fea[5], act, norm, bias, dropout, upsample, halves=False)
 
         self.final_conv_0_4 = Conv["conv", 2](fea[5], out_chns, kernel_size=1)
 
@@ -318,9 +307,7 @@ class GRCSF(nn.Module):
                     f"divisible by its RCU patch size {p}; the input must be divisible by {scale * p}."
                 )
 
-    def _forward_unetplusplus(
-        self, image: torch.Tensor, maps: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _forward_unetplusplus(self, image: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         scores: list[torch.Tensor] = []
         x_0_0 = self.conv_0_0(image)
         x_1_0 = self.conv_1_0(x_0_0)
@@ -394,9 +381,7 @@ class GRCSF(nn.Module):
 
         return self.final_conv_0_4(x_0_4), scores
 
-    def _forward_unet(
-        self, image: torch.Tensor, maps: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _forward_unet(self, image: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         scores: list[torch.Tensor] = []
         x0 = self.conv_0(image)
         x1 = self.down_1(x0)
@@ -457,3 +442,19 @@ def grcsf_preset(name: str, **overrides: Any) -> GRCSF:
     kwargs = dict(GRCSF_PRESETS[name])
     kwargs.update(overrides)
     return GRCSF(**kwargs)
+
+
+def grcsf_from_settings(settings: Mapping[str, Any], **overrides: Any) -> GRCSF:
+    """The GRCSF a model was trained as, from its settings (``model_settings`` of its weights file,
+    see :func:`bundle.networks.checkpoint.resolve_model_settings`).
+
+    Args:
+        settings: ``network_preset``, ``network_options`` (constructor arguments over the preset),
+            ``rcu_patch_sizes`` and ``mask_ratios`` (one residual-map input channel per ratio).
+        overrides: constructor arguments over those (e.g. MONAI Label's ``dropout`` for epistemic scoring).
+    """
+    kwargs: dict[str, Any] = dict(settings.get("network_options") or {})
+    kwargs["in_channels"] = 1 + len(settings["mask_ratios"])
+    kwargs["rcu_patch_sizes"] = tuple(int(p) for p in settings["rcu_patch_sizes"])
+    kwargs.update(overrides)
+    return grcsf_preset(str(settings["network_preset"]), **kwargs)

@@ -10,7 +10,7 @@
 # limitations under the License.
 """The 2D ViT masked autoencoder (MAE, He et al. 2022) whose reconstructions give the GRCSF residual maps.
 
-GRCSF (paper Sec. 3.3.1, SPEC section 5) reconstructs every slice K times per mask ratio with an
+GRCSF (paper Sec. 3.3.1, docs/method.md §5) reconstructs every slice K times per mask ratio with an
 MAE trained on lesion-free slices, starting from the public MAE weights. That asks of the model:
 
 1. the mask ratio is chosen per call (0.50 and 0.75 from one model), and explicit masks can be
@@ -41,22 +41,30 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bundle.utils.errors import CheckpointError
+from bundle.utils.flags import as_flag
+
+from .checkpoint import checkpoint_kind, read_checkpoint
 from .masking import random_masks
 
 __all__ = [
     "MAE_PRESETS",
+    "MAEArchitecture",
     "MaskedAutoencoderViT",
     "load_mae",
     "mae_preset",
+    "pixel_mask",
+    "reconstruction_from_prediction",
     "save_mae",
     "sincos_pos_embed_2d",
+    "unwrap_parallel",
 ]
 
 # Constructor arguments of the named presets (copied by mae_preset, never mutated).
@@ -117,9 +125,7 @@ def sincos_pos_embed_2d(grid_size: tuple[int, int], embed_dim: int, cls_token: b
         ``(1, [1 +] rows * columns, D)`` float32, patches in row-major order.
     """
     if embed_dim % 4 != 0:
-        raise ValueError(
-            f"the 2D sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}."
-        )
+        raise ValueError(f"the 2D sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}.")
     rows, cols = (int(g) for g in grid_size)
     # float64 as the official numpy code, so that loaded checkpoint embeddings compare closely
     omega = 1.0 / 10000.0 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4.0))
@@ -265,23 +271,18 @@ class MaskedAutoencoderViT(nn.Module):
             _positive_int(name, value)
         if img_size % patch_size != 0:
             raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}.")
-        for width, heads, what in (
-            (embed_dim, num_heads, ""),
-            (decoder_embed_dim, decoder_num_heads, "decoder_"),
-        ):
+        for width, heads, what in ((embed_dim, num_heads, ""), (decoder_embed_dim, decoder_num_heads, "decoder_")):
             if width % heads != 0:
                 raise ValueError(f"{what}embed_dim={width} is not divisible by {what}num_heads={heads}.")
             if width % 4 != 0:
-                raise ValueError(
-                    f"{what}embed_dim={width} must be divisible by 4 (2D sin-cos position embedding)."
-                )
+                raise ValueError(f"{what}embed_dim={width} must be divisible by 4 (2D sin-cos position embedding).")
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}.")
 
         self.img_size = img_size
         self.patch_size = patch_size
         self.in_channels = in_channels
-        self.norm_pix_loss = bool(norm_pix_loss)
+        self.norm_pix_loss = as_flag(norm_pix_loss, "norm_pix_loss")
         self.grid_size = (img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         #: the constructor arguments (what :func:`save_mae` stores next to the weights)
@@ -296,7 +297,7 @@ class MaskedAutoencoderViT(nn.Module):
             "decoder_depth": decoder_depth,
             "decoder_num_heads": decoder_num_heads,
             "mlp_ratio": float(mlp_ratio),
-            "norm_pix_loss": bool(norm_pix_loss),
+            "norm_pix_loss": self.norm_pix_loss,
         }
 
         # encoder
@@ -349,9 +350,7 @@ class MaskedAutoencoderViT(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"MAE input must be a (B, C, H, W) tensor, got {shape}.")
         if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"MAE input has {x.shape[1]} channels, the model expects in_channels={self.in_channels}."
-            )
+            raise ValueError(f"MAE input has {x.shape[1]} channels, the model expects in_channels={self.in_channels}.")
         return self._grid(x.shape[2], x.shape[3])
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -433,9 +432,7 @@ class MaskedAutoencoderViT(nn.Module):
         """Encoder and decoder position embeddings ``(1, 1 + L, D)`` for a patch grid."""
         if tuple(grid) == self.grid_size:
             return self.pos_embed, self.decoder_pos_embed
-        enc = sincos_pos_embed_2d(grid, self.pos_embed.shape[-1]).to(
-            device=like.device, dtype=self.pos_embed.dtype
-        )
+        enc = sincos_pos_embed_2d(grid, self.pos_embed.shape[-1]).to(device=like.device, dtype=self.pos_embed.dtype)
         dec = sincos_pos_embed_2d(grid, self.decoder_pos_embed.shape[-1]).to(enc)
         return enc, dec
 
@@ -543,11 +540,7 @@ class MaskedAutoencoderViT(nn.Module):
         return loss, pred, mask.to(pred.dtype)
 
     def reconstruct(
-        self,
-        x: torch.Tensor,
-        mask_ratio: float = 0.75,
-        mask: torch.Tensor | None = None,
-        paste_visible: bool = True,
+        self, x: torch.Tensor, mask_ratio: float = 0.75, mask: torch.Tensor | None = None, paste_visible: bool = True
     ) -> torch.Tensor:
         """
         The reconstructed images.
@@ -557,7 +550,7 @@ class MaskedAutoencoderViT(nn.Module):
             mask_ratio: ratio of the random mask drawn when ``mask`` is None.
             mask: explicit ``(B, L)`` bool mask (``True`` = masked).
             paste_visible: decoder prediction at masked patches and the input's pixels at visible
-                ones (the MAE visualisation convention, SPEC section 5); otherwise the decoder
+                ones (the MAE visualisation convention, docs/method.md §5); otherwise the decoder
                 output at every patch.
 
         Returns:
@@ -645,17 +638,13 @@ def load_mae(
         the model in eval mode.
     """
     source = os.fspath(path)
-    if not os.path.isfile(source):
-        raise FileNotFoundError(f"MAE checkpoint {source} does not exist.")
-    checkpoint = torch.load(source, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{source}: expected a dict checkpoint, got {type(checkpoint).__name__}.")
-    file_config = checkpoint.get("mae_config")
-    if file_config is None and preset is None and not overrides:
-        raise ValueError(
-            f"{source} holds no 'mae_config' (it was not written by save_mae); pass the architecture, e.g. "
-            "load_mae(path, preset='large') or constructor arguments."
+    checkpoint = read_checkpoint(source, map_location=map_location, kind="mae")
+    if not isinstance(checkpoint, Mapping) or ("mae_config" not in checkpoint and preset is None and not overrides):
+        raise CheckpointError(
+            f"{source}: holds {checkpoint_kind(checkpoint)}, not MAE weights (the MAE pre-training writes "
+            "models/mae.pt); an MAE file without 'mae_config' needs load_mae(path, preset=...)."
         )
+    file_config = checkpoint.get("mae_config")
     config: dict[str, Any] = {}
     if preset is not None:
         if preset not in MAE_PRESETS:
@@ -667,5 +656,82 @@ def load_mae(
     try:
         model.load_state_dict(_state_dict_of(checkpoint, source), strict=strict)
     except RuntimeError as err:
-        raise ValueError(f"{source}: the weights do not fit the MAE {config}: {err}") from err
+        raise CheckpointError(f"{source}: the weights do not fit the MAE {config} ({err}).") from err
     return model.to(map_location).eval()
+
+
+def unwrap_parallel(network: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel/DataParallel (for the MAE's ``patchify``, ``random_masks``...)."""
+    return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
+
+
+def pixel_mask(mae: nn.Module, mask: torch.Tensor, pred: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
+    """The patch mask (B, L), 1 = masked, as a pixel mask (B, C, H, W) like the MAE's images.
+
+    Args:
+        mae: the MAE (``unpatchify`` maps (B, L, p*p*C) patches to (B, C, H, W) images).
+        mask: (B, L) patch mask.
+        pred: (B, L, p*p*C) prediction, for the patch layout.
+        image_size: (H, W) of the images.
+    """
+    model = unwrap_parallel(mae)
+    grid = (int(image_size[0]) // model.patch_size, int(image_size[1]) // model.patch_size)
+    return model.unpatchify(mask.to(pred.dtype).unsqueeze(-1).expand_as(pred).contiguous(), grid)
+
+
+def reconstruction_from_prediction(
+    mae: nn.Module, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, paste_visible: bool = True
+) -> torch.Tensor:
+    """Differentiable reconstruction (B, C, H, W) from one MAE forward's ``pred`` and ``mask``.
+
+    With ``norm_pix_loss`` the MAE predicts per-patch normalised pixels; they are brought back to
+    intensities with the mean and variance of the input's patches (MAE's visualisation
+    convention). ``paste_visible`` keeps the input's pixels at visible patches (docs/method.md §5).
+
+    Args:
+        mae: the MAE.
+        images: (B, C, H, W) input.
+        pred: (B, L, p*p*C) prediction.
+        mask: (B, L) patch mask, 1 = masked.
+        paste_visible: take visible patches from ``images``.
+    """
+    model = unwrap_parallel(mae)
+    patches = pred.float()
+    if getattr(model, "norm_pix_loss", False):
+        target = model.patchify(images)
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        patches = patches * (var + 1.0e-6).sqrt() + mean
+    grid = (images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size)
+    recon = model.unpatchify(patches, grid)
+    if paste_visible:
+        masked = pixel_mask(model, mask, patches, images.shape[-2:])
+        recon = recon * masked + images * (1.0 - masked)
+    return recon
+
+
+class MAEArchitecture:
+    """The MAE's constructor arguments as a checkpointable object (``state_dict``/``load_state_dict``).
+
+    Saved next to the weights, ``CheckpointSaver(save_dict={"state_dict": network, "mae_config":
+    MAEArchitecture(network)})`` writes ``{"state_dict": ..., "mae_config": ...}``: the
+    self-describing format of :func:`bundle.networks.mae.save_mae`, which
+    :func:`bundle.networks.mae.load_mae` and the residual-map transform rebuild without being told
+    the architecture. Loading checks that the checkpoint's architecture is this network's.
+
+    Args:
+        network: the MAE (its ``config`` dict), possibly wrapped in DistributedDataParallel.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(unwrap_parallel(self.network).config)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        current = self.state_dict()
+        if dict(state_dict) != current:
+            changed = {k: (state_dict.get(k), current.get(k)) for k in set(state_dict) | set(current)}
+            changed = {k: v for k, v in changed.items() if v[0] != v[1]}
+            raise ValueError(f"the checkpoint's MAE architecture differs from the configured one: {changed}.")

@@ -10,7 +10,7 @@
 # limitations under the License.
 """Loading the public MAE checkpoints (He et al.) into :class:`bundle.networks.MaskedAutoencoderViT`.
 
-The paper starts its MAE from public ViT-Large weights (SPEC section 5). The files of the official
+The paper starts its MAE from public ViT-Large weights (docs/method.md §5). The files of the official
 release come in two kinds, both RGB, 224 px, patch 16, with the weights under ``"model"``:
 
 - ``mae_pretrain_vit_{base,large,huge}.pth``: the encoder only (for fine-tuning). Loading one
@@ -85,9 +85,7 @@ def _shape_dim(state: Mapping[str, Any], key: str, dim: int) -> int | None:
     return int(value.shape[dim]) if isinstance(value, torch.Tensor) else None
 
 
-def _architecture_mismatches(
-    model: MaskedAutoencoderViT, state: Mapping[str, Any], has_decoder: bool
-) -> list[str]:
+def _architecture_mismatches(model: MaskedAutoencoderViT, state: Mapping[str, Any], has_decoder: bool) -> list[str]:
     """Human-readable differences between the checkpoint's and the model's architecture."""
     cfg = model.config
     weight = state["patch_embed.proj.weight"]
@@ -118,9 +116,7 @@ def _architecture_mismatches(
                 "decoder MLP width": model.decoder_blocks[0].mlp.fc1.out_features,
             }
         )
-    return [
-        f"checkpoint has {k} {found[k]}, model has {expected[k]}" for k in found if found[k] != expected[k]
-    ]
+    return [f"checkpoint has {k} {found[k]}, model has {expected[k]}" for k in found if found[k] != expected[k]]
 
 
 def _channel_stats(values: Sequence[float] | None, channels: int, name: str, default: float) -> torch.Tensor:
@@ -154,9 +150,7 @@ def _convert_decoder_pred(
 def _convert_pos_embed(stored: torch.Tensor, target: torch.Tensor, key: str, source: str) -> torch.Tensor:
     """The checkpoint's position embedding ``(1, 1 + L', D)`` on the model's grid ``target`` ``(1, 1 + L, D)``."""
     if stored.ndim != 3 or stored.shape[-1] != target.shape[-1]:
-        raise ValueError(
-            f"{source}: {key} has shape {tuple(stored.shape)}, the model's is {tuple(target.shape)}."
-        )
+        raise ValueError(f"{source}: {key} has shape {tuple(stored.shape)}, the model's is {tuple(target.shape)}.")
     num = stored.shape[1] - 1
     side = math.isqrt(num)
     if side * side != num:
@@ -242,9 +236,7 @@ def load_official_mae_checkpoint(
         )
     convert_rgb = ckpt_channels != model.in_channels
     if not convert_rgb and (channel_mean is not None or channel_std is not None):
-        raise ValueError(
-            "channel_mean/channel_std are only used for RGB checkpoints loaded into a 1-channel model."
-        )
+        raise ValueError("channel_mean/channel_std are only used for RGB checkpoints loaded into a 1-channel model.")
     mean = _channel_stats(channel_mean, ckpt_channels, "channel_mean", 0.0)
     std = _channel_stats(channel_std, ckpt_channels, "channel_std", 1.0)
     if bool((std <= 0).any()):
@@ -272,9 +264,7 @@ def load_official_mae_checkpoint(
             "(strict=False skips them)."
         )
     if unexpected or missing:
-        warnings.warn(
-            f"{source}: skipped unexpected keys {unexpected}; kept the model's values for {missing}."
-        )
+        warnings.warn(f"{source}: skipped unexpected keys {unexpected}; kept the model's values for {missing}.")
     wrong_shape = [
         f"{k}: checkpoint {tuple(loaded[k].shape)}, model {tuple(own[k].shape)}"
         for k in own

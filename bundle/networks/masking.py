@@ -30,9 +30,11 @@ state gives the same masks on every device) and moved to ``device`` afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-__all__ = ["num_masked_patches", "random_masks", "stratified_masks"]
+__all__ = ["check_mask_ratios", "num_masked_patches", "random_masks", "ratio_tag", "stratified_masks"]
 
 
 def num_masked_patches(num_patches: int, mask_ratio: float) -> int:
@@ -135,3 +137,19 @@ def stratified_masks(
     masks.scatter_(2, chosen, True)
     masks = masks.transpose(0, 1).contiguous()
     return masks.to(device) if device is not None else masks
+
+
+def ratio_tag(mask_ratio: float) -> str:
+    """``0.5 -> "r050"``: the mask ratio in whole percent, for metric and file names."""
+    return f"r{round(float(mask_ratio) * 100):03d}"
+
+
+def check_mask_ratios(mask_ratios: Sequence[float]) -> tuple[float, ...]:
+    """The mask ratios as floats, each in (0, 1); at least one."""
+    ratios = tuple(float(r) for r in mask_ratios)
+    if not ratios:
+        raise ValueError("mask_ratios is empty: give at least one mask ratio.")
+    for r in ratios:
+        if not 0.0 < r < 1.0:
+            raise ValueError(f"mask ratios must be in (0, 1), got {r}.")
+    return ratios

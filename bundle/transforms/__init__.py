@@ -1,6 +1,12 @@
-"""transforms of the GRCSF bundle (see the package docstring of :mod:`bundle`)."""
+"""transforms of the GRCSF bundle: reading and checking volumes, brain (MNI-152) and CT (HU)
+pipelines, the MAE residual maps, saving predictions."""
 
-from .domains import PREPROCESSING_DOMAINS, volume_preprocessing
+from .brain import brain_preprocessing, mni_brain_preprocessing, native_brain_preprocessing
+from .ct import CT_WINDOWS, CalciumCandidatesd, HUWindow, HUWindowd, LoadCTVolumed, ct_preprocessing, resolve_window
+from .domains import PREPROCESSING_DOMAINS, model_preprocessing_options, volume_preprocessing
+from .intensity import BinarizeLabeld, ScaleIntensityPercentilesd
+from .io import LoadVolumed, SavePredictiond, ValidateVolumed
+from .mni import MNI152_BRAIN_BOX_MM, EnsureMNIGridd, RegisterToMNId, check_mni_grid, check_mni_space
 from .residual_maps import (
     ConcatResidualMapsd,
     ResidualMapd,
@@ -9,59 +15,4 @@ from .residual_maps import (
     foreground_slice_indices,
     residual_maps_reference,
 )
-
-__all__ = [
-    "PREPROCESSING_DOMAINS",
-    "volume_preprocessing",
-    "ConcatResidualMapsd",
-    "ResidualMapd",
-    "compute_residual_maps",
-    "draw_residual_masks",
-    "foreground_slice_indices",
-    "residual_maps_reference",
-]
-
-from .ct import (
-    CT_WINDOWS,
-    CalciumCandidatesd,
-    HUWindow,
-    HUWindowd,
-    LoadCTVolumed,
-    ct_preprocessing,
-    hounsfield_problem,
-    resolve_window,
-)
-
-__all__ += [
-    "CT_WINDOWS",
-    "CalciumCandidatesd",
-    "HUWindow",
-    "HUWindowd",
-    "LoadCTVolumed",
-    "ct_preprocessing",
-    "hounsfield_problem",
-    "resolve_window",
-]
-from .mni import (
-    MNI152_BRAIN_BOX_MM,
-    EnsureMNIGridd,
-    RegisterToMNId,
-    RegistrationError,
-    check_mni_grid,
-    check_mni_space,
-    mni_brain_preprocessing,
-    native_brain_preprocessing,
-    register_affine_to_mni,
-)
-
-__all__ += [
-    "MNI152_BRAIN_BOX_MM",
-    "EnsureMNIGridd",
-    "RegisterToMNId",
-    "RegistrationError",
-    "check_mni_grid",
-    "check_mni_space",
-    "mni_brain_preprocessing",
-    "native_brain_preprocessing",
-    "register_affine_to_mni",
-]
+from .spatial import ResampleToSpacingd, ResizeSliced

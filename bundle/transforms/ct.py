@@ -11,7 +11,7 @@
 """CT volume preprocessing: Hounsfield windows, the HU check, and calcium post-processing (``docs/ct.md``).
 
 :func:`ct_preprocessing` is the CT counterpart of
-:func:`~bundle.transforms.preprocessing.brain_preprocessing` (SPEC section 1, step 1: "CT
+:func:`~bundle.transforms.brain.brain_preprocessing` (docs/method.md §1: "CT
 intensities windowed in HU"): load a NIfTI / MetaImage file or a DICOM series folder, channel
 first, validate, orient, optionally resample, window the image, binarise the label. Only the
 image is windowed; ``keep_hu_key`` keeps a copy in HU on the same grid for the orCaScore
@@ -40,37 +40,28 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import ImageReader, MetaTensor
-from monai.transforms import (
-    Compose,
-    CopyItemsd,
-    EnsureChannelFirstd,
-    LoadImage,
-    MapTransform,
-    Orientationd,
-    Spacingd,
-)
+from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, LoadImage, MapTransform, Orientationd
 from scipy import ndimage
 
+from bundle.data.checks import hounsfield_problem, plain_values
 from bundle.data.dicom import DicomSeriesReader
 from bundle.metrics.calcium import calcium_candidates
 from bundle.metrics.segmentation import connectivity_structure
+from bundle.utils.errors import InvalidVolumeError, source_of
 
-from .preprocessing import BinarizeLabeld, InvalidVolumeError, LoadVolumed, ValidateVolumed, _source
+from .intensity import BinarizeLabeld
+from .io import LoadVolumed, ValidateVolumed
+from .spatial import ResampleToSpacingd
 
 __all__ = [
-    "AIR_RANGE_HU",
     "CT_WINDOWS",
     "CalciumCandidatesd",
     "HUWindow",
     "HUWindowd",
     "LoadCTVolumed",
     "ct_preprocessing",
-    "hounsfield_problem",
     "resolve_window",
 ]
-
-#: HU interval of air and lung; a CT in HU has voxels there, raw or normalised values have none
-AIR_RANGE_HU: tuple[float, float] = (-1100.0, -200.0)
 
 
 @dataclass(frozen=True)
@@ -138,9 +129,7 @@ def resolve_window(window: WindowLike) -> HUWindow:
     if isinstance(window, str):
         name = window.strip().lower()
         if name not in CT_WINDOWS:
-            raise ValueError(
-                f"unknown CT window {window!r}; presets: {presets}, or (level, width) / {{'min', 'max'}}."
-            )
+            raise ValueError(f"unknown CT window {window!r}; presets: {presets}, or (level, width) / {{'min', 'max'}}.")
         return CT_WINDOWS[name]
     if isinstance(window, Mapping):
         keys = set(window)
@@ -148,9 +137,7 @@ def resolve_window(window: WindowLike) -> HUWindow:
             return HUWindow(float(window["level"]), float(window["width"]))
         if keys == {"min", "max"}:
             return HUWindow.from_range(window["min"], window["max"])
-        raise ValueError(
-            f"a window mapping needs keys {{'level', 'width'}} or {{'min', 'max'}}, got {sorted(keys)}."
-        )
+        raise ValueError(f"a window mapping needs keys {{'level', 'width'}} or {{'min', 'max'}}, got {sorted(keys)}.")
     if isinstance(window, Sequence) and len(window) == 2:
         try:
             level, width = float(window[0]), float(window[1])
@@ -159,62 +146,6 @@ def resolve_window(window: WindowLike) -> HUWindow:
         return HUWindow(level, width)
     raise ValueError(
         f"cannot read {window!r} as a CT window; presets: {presets}, or (level, width) / {{'min', 'max'}}."
-    )
-
-
-def _values(image: Any) -> torch.Tensor:
-    t = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
-    return t.detach()
-
-
-def _share(values: torch.Tensor, low: float, high: float) -> float:
-    """Fraction of ``values`` in ``[low, high]``."""
-    return float(((values >= low) & (values <= high)).float().mean()) if values.numel() else 0.0
-
-
-def hounsfield_problem(values: np.ndarray | torch.Tensor, min_air_fraction: float = 1e-3) -> str | None:
-    """Why ``values`` do not look like a CT in Hounsfield units, or None if they do.
-
-    The rule (module docstring): at least ``min_air_fraction`` of the voxels at or above -1100 HU
-    must lie in :data:`AIR_RANGE_HU` ([-1100, -200]). The reason names the likely cause:
-    normalised, 8-bit, or stored DICOM values without RescaleIntercept.
-
-    Args:
-        values: the image (any shape).
-        min_air_fraction: the fraction of air/lung voxels required (0 accepts any image with at
-            least one such voxel).
-    """
-    v = _values(values).float()
-    finite = v[torch.isfinite(v)]
-    if finite.numel() == 0:
-        return "the image has no finite values."
-    lo, hi = float(finite.min()), float(finite.max())
-    physical = finite >= AIR_RANGE_HU[0]
-    n_physical = int(physical.sum())
-    n_air = int((physical & (finite <= AIR_RANGE_HU[1])).sum())
-    if n_air > 0 and n_air >= min_air_fraction * n_physical:
-        return None
-    if lo >= -1.0 and hi <= 1.0:
-        cause = "it looks normalised ([0, 1] or [-1, 1])"
-    elif lo >= 0.0 and hi <= 255.0:
-        cause = "it looks like an 8-bit (windowed or PNG) image"
-    elif (
-        n_physical
-        and float(finite[physical].min()) >= -50.0
-        and _share(finite[physical], 824.0, 1224.0) >= 0.2
-    ):
-        # air near 0 and much soft tissue near 1024: HU shifted by the usual intercept of -1024
-        cause = (
-            "it looks like DICOM stored values without the RescaleIntercept (air near 0, water near 1024, "
-            "e.g. [0, 4095])"
-        )
-    else:
-        cause = "it contains no air or lung (a crop, or values shifted from HU)"
-    fraction = n_air / n_physical if n_physical else 0.0
-    return (
-        f"values range over [{lo:g}, {hi:g}] and {fraction:.3%} of the voxels (>= {AIR_RANGE_HU[0]:g}) lie in the "
-        f"air/lung range [{AIR_RANGE_HU[0]:g}, {AIR_RANGE_HU[1]:g}] HU ({min_air_fraction:.3%} required): {cause}. "
-        "A CT in HU contains air; for crops without air or synthetic data use check_hu=False."
     )
 
 
@@ -230,7 +161,7 @@ class HUWindowd(MapTransform):
         window: preset name, ``(level, width)`` or mapping (:func:`resolve_window`).
         output_range: the values of the window's lower and upper edges.
         check_hu: refuse images that do not look like HU (:func:`hounsfield_problem`) with an
-            :class:`~bundle.transforms.preprocessing.InvalidVolumeError` naming the file.
+            :class:`~bundle.transforms.io.InvalidVolumeError` naming the file.
         min_air_fraction: the HU check's required fraction of air/lung voxels.
         dtype: output dtype (floating point).
         allow_missing_keys: skip keys absent from the data.
@@ -268,9 +199,9 @@ class HUWindowd(MapTransform):
                 problem = hounsfield_problem(image, self.min_air_fraction)
                 if problem is not None:
                     raise InvalidVolumeError(
-                        f"{_source(d, key)}: the {key} is not in Hounsfield units: {problem}"
+                        f"{source_of(d[key], key)}: the {key} is not in Hounsfield units: {problem}"
                     )
-            values = _values(image).to(torch.float64)
+            values = plain_values(image).to(torch.float64)
             scaled = ((values.clamp(low, high) - low) / (high - low) * (b - a) + a).to(self.dtype)
             if isinstance(image, MetaTensor):
                 out = image.clone()
@@ -285,7 +216,7 @@ class LoadCTVolumed(MapTransform):
     """Load CT volumes: a folder is a DICOM series, a file is read by MONAI's ``LoadImage``.
 
     Files: NIfTI (``NibabelReader``), MetaImage ``.mhd``/``.mha`` and other ITK formats
-    (``ITKReader``), through :class:`~bundle.transforms.preprocessing.LoadVolumed` (errors
+    (``ITKReader``), through :class:`~bundle.transforms.io.LoadVolumed` (errors
     name the file). Folders: ``dicom_reader`` (default :class:`~bundle.data.dicom.DicomSeriesReader`,
     errors are :class:`~bundle.data.dicom.DicomSeriesError` naming the folder or file). Missing
     paths raise :class:`FileNotFoundError`. The output is a MetaTensor ``(X, Y, Z)`` in HU.
@@ -312,9 +243,7 @@ class LoadCTVolumed(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.file_loader = LoadVolumed(keys, reader=reader, dtype=dtype, allow_missing_keys=True)
-        self.dicom_reader = dicom_reader or DicomSeriesReader(
-            require_modality=require_modality, series_uid=series_uid
-        )
+        self.dicom_reader = dicom_reader or DicomSeriesReader(require_modality=require_modality, series_uid=series_uid)
         self.dicom_loader = LoadImage(reader=self.dicom_reader, dtype=dtype, image_only=True)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -383,25 +312,23 @@ class CalciumCandidatesd(MapTransform):
         if self.hu_key not in d:
             raise KeyError(f"CalciumCandidatesd needs the CT in HU under {self.hu_key!r} (keys: {list(d)}).")
         hu = d[self.hu_key]
-        hu_values = _values(hu)
+        hu_values = plain_values(hu)
         for key in self.key_iterator(d):
             pred = d[key]
-            pred_values = _values(pred)
+            pred_values = plain_values(pred)
             if pred_values.shape[-3:] != hu_values.shape[-3:]:
                 raise ValueError(
-                    f"{_source(d, key)}: {key} has spatial shape {tuple(pred_values.shape[-3:])}, {self.hu_key} "
+                    f"{source_of(d[key], key)}: {key} has spatial shape {tuple(pred_values.shape[-3:])}, {self.hu_key} "
                     f"has {tuple(hu_values.shape[-3:])}; apply CalciumCandidatesd before Invertd (same grid)."
                 )
             same_grid_known = isinstance(pred, MetaTensor) and isinstance(hu, MetaTensor)
             if (
                 self.affine_atol is not None
                 and same_grid_known
-                and not torch.allclose(
-                    pred.affine.double(), hu.affine.double(), atol=self.affine_atol, rtol=0.0
-                )
+                and not torch.allclose(pred.affine.double(), hu.affine.double(), atol=self.affine_atol, rtol=0.0)
             ):
                 raise ValueError(
-                    f"{_source(d, key)}: {key} and {self.hu_key} have different affines; apply "
+                    f"{source_of(d[key], key)}: {key} and {self.hu_key} have different affines; apply "
                     "CalciumCandidatesd before Invertd (same grid)."
                 )
             try:
@@ -414,7 +341,7 @@ class CalciumCandidatesd(MapTransform):
                     check_hu=self.check_hu,
                 )
             except ValueError as e:
-                raise ValueError(f"{_source(d, key)}: calcium post-processing of {key}: {e}") from e
+                raise ValueError(f"{source_of(d[key], key)}: calcium post-processing of {key}: {e}") from e
             kept_t = torch.from_numpy(kept).reshape(pred_values.shape)
             out = kept_t.to(device=pred_values.device, dtype=pred_values.dtype)
             d[key] = self._like(pred, out)
@@ -453,13 +380,13 @@ def ct_preprocessing(
     float32 in output_range, "label": MetaTensor (1, X, Y, Z) label_dtype in {0, 1},
     keep_hu_key: MetaTensor (1, X, Y, Z) float32 in HU, ...}`` in ``axcodes`` orientation. Keys
     absent from a record are skipped; other entries pass through. Invertible like
-    :func:`~bundle.transforms.preprocessing.brain_preprocessing`: ``Invertd(transform=<this>,
+    :func:`~bundle.transforms.brain.brain_preprocessing`: ``Invertd(transform=<this>,
     orig_keys=image_key)`` takes predictions back to the input's grid and affine.
 
     Steps: :class:`LoadCTVolumed` -> :class:`~monai.transforms.EnsureChannelFirstd` ->
-    :class:`~bundle.transforms.preprocessing.ValidateVolumed` -> :class:`~monai.transforms.Orientationd`
-    -> (optional) :class:`~monai.transforms.Spacingd` -> (optional) ``CopyItemsd`` of the HU
-    image -> :class:`HUWindowd` (image only) -> :class:`~bundle.transforms.preprocessing.BinarizeLabeld`.
+    :class:`~bundle.transforms.io.ValidateVolumed` -> :class:`~monai.transforms.Orientationd`
+    -> (optional) :class:`~bundle.transforms.spatial.ResampleToSpacingd` -> (optional) ``CopyItemsd`` of the HU
+    image -> :class:`HUWindowd` (image only) -> :class:`~bundle.transforms.io.BinarizeLabeld`.
 
     Args:
         keys: keys of the files to load; must contain ``image_key`` (and ``label_key`` to use labels).
@@ -494,7 +421,7 @@ def ct_preprocessing(
     ]
     if pixdim is not None:
         modes = ["bilinear" if k != label else "nearest" for k in keys]
-        transforms.append(Spacingd(keys, pixdim=pixdim, mode=modes, allow_missing_keys=True))
+        transforms.append(ResampleToSpacingd(keys, pixdim=pixdim, mode=modes, allow_missing_keys=True))
     if keep_hu_key is not None:
         transforms.append(CopyItemsd(image_key, names=keep_hu_key))
     transforms.append(windowing)

@@ -13,29 +13,38 @@
 The workflow configs (``train_mae.json``, ``train.json``, ``inference.json``) build their volume
 pipeline with::
 
-    "volume_preprocessing": "$bundle.transforms.volume_preprocessing(@preprocessing_domain,
-        keys=[...], label_key=..., reader=@reader, **@preprocessing_options)"
+    "volume_preprocessing": {"_target_": "bundle.transforms.volume_preprocessing",
+        "domain": "@preprocessing_domain", "keys": [...], "label_key": ..., "reader": "@reader",
+        "options": "@preprocessing_options"}
 
 and a data-set config (``configs/datasets/*.json``) switches the domain by overriding only
 ``preprocessing_domain`` and ``preprocessing_options`` (e.g. ``"ct"`` with ``{"window": "lung"}``),
 so that the MAE pre-training, the segmentation training, inference and evaluation of one data set
-always see the same pre-processing.
+always see the same pre-processing. :func:`model_preprocessing_options` adds what training
+measured (the voxel spacing of its volumes, kept in the weights file) to the options inference
+runs with, so that a scan of another resolution is resampled to the model's.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from monai.transforms import Compose
 
+from bundle.utils.errors import ConfigError
+
+from .brain import brain_preprocessing, mni_brain_preprocessing, native_brain_preprocessing
+from .ct import ct_preprocessing
+
+__all__ = ["PREPROCESSING_DOMAINS", "model_preprocessing_options", "volume_preprocessing"]
+
 #: Supported imaging domains and the function that builds their pipeline.
-PREPROCESSING_DOMAINS = {
-    "brain": "bundle.transforms.preprocessing.brain_preprocessing",
-    "brain_mni": "bundle.transforms.mni.mni_brain_preprocessing",
-    "brain_native": "bundle.transforms.mni.native_brain_preprocessing",
-    "ct": "bundle.transforms.ct.ct_preprocessing",
+PREPROCESSING_DOMAINS: dict[str, Callable[..., Compose]] = {
+    "brain": brain_preprocessing,
+    "brain_mni": mni_brain_preprocessing,
+    "brain_native": native_brain_preprocessing,
+    "ct": ct_preprocessing,
 }
 
 
@@ -44,7 +53,8 @@ def volume_preprocessing(
     keys: Sequence[str] = ("image", "label"),
     label_key: str | None = "label",
     reader: Any = None,
-    **options: Any,
+    options: Mapping[str, Any] | None = None,
+    **more_options: Any,
 ) -> Compose:
     """The volume pipeline of ``domain``: file (or DICOM folder) in, channel-first MetaTensors out.
 
@@ -62,15 +72,34 @@ def volume_preprocessing(
         label_key: key of the lesion mask, None for image-only pipelines (inference).
         reader: image reader for MONAI's ``LoadImaged``, None for automatic.
         options: further keyword arguments of the domain's pipeline function (e.g. ``window``
-            for CT, ``pixdim`` for both).
+            for CT, ``pixdim`` for both): the ``preprocessing_options`` config id.
+        more_options: the same, as keyword arguments (they win over ``options``).
     """
     if domain not in PREPROCESSING_DOMAINS:
-        raise ValueError(
-            f"Unknown preprocessing domain {domain!r}; choose one of {sorted(PREPROCESSING_DOMAINS)}."
+        raise ConfigError(
+            f"preprocessing_domain: unknown domain {domain!r}; choose one of {sorted(PREPROCESSING_DOMAINS)}."
         )
-    module_name, _, function_name = PREPROCESSING_DOMAINS[domain].rpartition(".")
-    build = getattr(importlib.import_module(module_name), function_name)
+    build = PREPROCESSING_DOMAINS[domain]
     keys = list(keys)
     if label_key is not None and label_key not in keys:
         label_key = None
-    return build(keys=keys, label_key=label_key, reader=reader, **options)
+    return build(keys=keys, label_key=label_key, reader=reader, **{**dict(options or {}), **more_options})
+
+
+#: domains whose pipeline resamples to ``pixdim`` (the others resample onto the MNI grid themselves)
+_RESAMPLING_DOMAINS = ("brain", "ct")
+
+
+def model_preprocessing_options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The preprocessing options inference runs with, from a model's settings
+    (:func:`bundle.networks.resolve_model_settings`): its ``preprocessing_options``, plus
+    ``pixdim`` = the spacing every training volume had after preprocessing (``training_spacing_mm``)
+    when the options resample to none, so that a scan of another resolution is brought onto the
+    grid the model learned on (and the prediction back onto the scan's grid by ``Invertd``).
+    """
+    options = dict(settings.get("preprocessing_options") or {})
+    spacing = settings.get("training_spacing_mm")
+    domain = settings.get("preprocessing_domain")
+    if domain in _RESAMPLING_DOMAINS and options.get("pixdim") is None and spacing is not None:
+        options["pixdim"] = [float(s) for s in spacing]
+    return options

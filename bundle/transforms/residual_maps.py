@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Multi-ratio residual maps (MRM) of a masked autoencoder, GRCSF paper Sec. 3.3.1 (SPEC section 1, step 3).
+"""Multi-ratio residual maps (MRM) of a masked autoencoder, GRCSF paper Sec. 3.3.1 (docs/method.md §1).
 
 For every 2D slice ``I`` and every mask ratio ``r`` the MAE reconstructs the slice under K
 masks; the reconstructions are averaged and the residual map is
@@ -22,7 +22,7 @@ How one slice is reconstructed (:func:`compute_residual_maps`):
    reconstruction errors in the MAE's domain, not out-of-range intensities);
 2. resized (bilinear, antialiased) to the MAE input size when its size differs;
 3. reconstructed by the MAE with one of the K masks (decoder output at all patches);
-4. resized back to the slice size (bilinear) and, with ``paste_visible`` (SPEC section 5
+4. resized back to the slice size (bilinear) and, with ``paste_visible`` (docs/method.md §5
    choice), replaced by the slice's own pixels wherever the patch mask (upsampled to the slice
    grid, nearest) is visible;
 5. averaged over the K passes; the absolute difference to the slice is averaged over channels.
@@ -56,9 +56,9 @@ the device, so the transform is deterministic (with ``seed`` not None) and MONAI
 The first pass computes the maps and writes one ``.pt`` file per item into ``cache_dir``; later
 passes (and later runs) read them. By MONAI's defaults (``track_meta=False``, ``weights_only=True``)
 the cached items come back as plain tensors; pass ``track_meta=True, weights_only=False`` to
-``PersistentDataset`` to keep the MetaTensors (affine, file name) of a cache you trust. The cache key is the data item (the file names), not the
-transform's arguments: use one ``cache_dir`` per MAE and configuration. The transform is
-picklable (DataLoader workers): a model given as a path or a callable is loaded lazily and not
+``PersistentDataset`` to keep the MetaTensors (affine, file name) of a cache you trust. The cache
+key is the data item (the file names), not the transform's arguments: use one ``cache_dir`` per MAE
+and configuration. The transform is picklable (DataLoader workers): a model given as a path or a callable is loaded lazily and not
 pickled (use ``functools.partial``, not a lambda, for callables).
 
 The MAE may be any ``nn.Module`` with integer attributes ``img_size``, ``patch_size``,
@@ -117,13 +117,9 @@ def _check_mae(mae: Any) -> nn.Module:
     for name in ("img_size", "patch_size", "in_channels"):
         value = getattr(mae, name, None)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"the MAE {type(mae).__name__} needs a positive int attribute {name!r}, got {value!r}."
-            )
+            raise ValueError(f"the MAE {type(mae).__name__} needs a positive int attribute {name!r}, got {value!r}.")
     if not callable(getattr(mae, "reconstruct", None)):
-        raise ValueError(
-            f"the MAE {type(mae).__name__} has no reconstruct(x, mask=..., paste_visible=...) method."
-        )
+        raise ValueError(f"the MAE {type(mae).__name__} has no reconstruct(x, mask=..., paste_visible=...) method.")
     return mae
 
 
@@ -178,17 +174,14 @@ def _as_image(image: Any, name: str, in_channels: int | None = None) -> torch.Te
     if min(tensor.shape) < 1:
         raise ValueError(f"{name}: empty image of shape {tuple(tensor.shape)}.")
     if not (
-        tensor.is_floating_point()
-        or tensor.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+        tensor.is_floating_point() or tensor.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
     ):
         raise ValueError(f"{name}: unsupported image dtype {tensor.dtype}.")
     tensor = tensor.detach().to(torch.float32)
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name}: the image holds NaN or infinite values.")
     if in_channels is not None and tensor.shape[0] != in_channels:
-        raise ValueError(
-            f"{name}: the image has {tensor.shape[0]} channels, the MAE takes in_channels={in_channels}."
-        )
+        raise ValueError(f"{name}: the image has {tensor.shape[0]} channels, the MAE takes in_channels={in_channels}.")
     return tensor
 
 
@@ -241,7 +234,7 @@ def _to_slice_space(
     return torch.where(masked, pred, slices)
 
 
-class _eval_mode:
+class _EvalMode:
     """Context: the module in eval mode and without autograd, its previous mode restored afterwards."""
 
     def __init__(self, module: nn.Module) -> None:
@@ -334,9 +327,7 @@ class _Prepared:
         # on the compute device once: the batches below index them there, no copy per batch
         self.masks = masks.to(device=self.device, dtype=torch.bool)
         self.keep = foreground_slice_indices(self.slices, foreground_threshold)
-        self.maps = torch.zeros(
-            masks.shape[0], num_slices, *slices.shape[2:], device=self.device
-        )  # (R, S, a, b)
+        self.maps = torch.zeros(masks.shape[0], num_slices, *slices.shape[2:], device=self.device)  # (R, S, a, b)
 
     def result(self, output_device: torch.device | str | None = "cpu") -> torch.Tensor:
         """``(R, *spatial)`` float32 on ``output_device`` (None: the compute device)."""
@@ -404,7 +395,7 @@ def compute_residual_maps(
         slice_axis: the spatial axis slices are taken along (3D images).
         mae_input_size: MAE input size (int or (h, w)); default the MAE's ``img_size``.
         batch_size: (pass, slice) pairs per MAE forward.
-        paste_visible: keep the slice's pixels at visible patches (SPEC section 5).
+        paste_visible: keep the slice's pixels at visible patches (docs/method.md §5).
         clip_range: clip the slices to ``(low, high)`` first; None: no clipping.
         foreground_threshold: slices whose maximum is <= it are not reconstructed and get zero
             maps; None: every slice is reconstructed.
@@ -425,8 +416,7 @@ def compute_residual_maps(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     dtype = _amp_dtype(amp_dtype)
     prep = _Prepared(
-        mae, image, masks, slice_axis, mae_input_size, clip_range, foreground_threshold, device, name,
-        pad_to_square,
+        mae, image, masks, slice_axis, mae_input_size, clip_range, foreground_threshold, device, name, pad_to_square
     )
     num_kept = int(prep.keep.numel())
     if num_kept == 0:
@@ -434,7 +424,7 @@ def compute_residual_maps(
     slices = prep.slices[prep.keep]  # (Sk, C, a, b)
     resized = _resize(slices, prep.size)
     num_passes = prep.masks.shape[1]
-    with _eval_mode(prep.mae):
+    with _EvalMode(prep.mae):
         for r in range(prep.masks.shape[0]):
             # item i = pass (i // Sk) of kept slice (i % Sk)
             flat = prep.masks[r][:, prep.keep].reshape(num_passes * num_kept, -1)
@@ -446,9 +436,7 @@ def compute_residual_maps(
                 batch_mask = flat[start:stop]
                 with _autocast(prep.device, amp, dtype):
                     pred = prep.mae.reconstruct(resized[which], mask=batch_mask, paste_visible=False)
-                delta = (
-                    _to_slice_space(pred, batch_mask, slices[which], prep.grid, paste_visible) - slices[which]
-                )
+                delta = _to_slice_space(pred, batch_mask, slices[which], prep.grid, paste_visible) - slices[which]
                 # add pass by pass (each a run of distinct slices): a deterministic summation order,
                 # the same as one pass at a time
                 for k in range(start // num_kept, (stop - 1) // num_kept + 1):
@@ -483,11 +471,10 @@ def residual_maps_reference(
         ``(R, *spatial)`` float32 on ``output_device`` (default the CPU).
     """
     prep = _Prepared(
-        mae, image, masks, slice_axis, mae_input_size, clip_range, foreground_threshold, device, name,
-        pad_to_square,
+        mae, image, masks, slice_axis, mae_input_size, clip_range, foreground_threshold, device, name, pad_to_square
     )
     num_passes = prep.masks.shape[1]
-    with _eval_mode(prep.mae):
+    with _EvalMode(prep.mae):
         for r in range(prep.masks.shape[0]):
             for s in prep.keep.tolist():
                 one = prep.slices[s : s + 1]
@@ -500,17 +487,13 @@ def residual_maps_reference(
     return prep.result(output_device)
 
 
-def _output_keys(
-    keys: Sequence[Hashable], output_key: str | Sequence[str] | None, name: str
-) -> list[Hashable]:
+def _output_keys(keys: Sequence[Hashable], output_key: str | Sequence[str] | None, name: str) -> list[Hashable]:
     """One output key per input key (``None``: write back to the input key)."""
     if output_key is None:
         return list(keys)
     out = [output_key] if isinstance(output_key, str) else list(output_key)
     if len(out) != len(keys):
-        raise ValueError(
-            f"{name}: give one output key per key; keys {list(keys)}, output_key {output_key!r}."
-        )
+        raise ValueError(f"{name}: give one output key per key; keys {list(keys)}, output_key {output_key!r}.")
     return out
 
 
@@ -578,7 +561,7 @@ class ResidualMapd(MapTransform):
                 scaled to [0, 1] with a noisy background (the brain configs) a threshold above the
                 noise, e.g. 0.25, also skips the slices above and below the head. None: no skipping.
             output_key: key of the maps, one per key.
-            paste_visible: reconstruction = original pixels at visible patches (SPEC section 5);
+            paste_visible: reconstruction = original pixels at visible patches (docs/method.md §5);
                 False: the decoder output everywhere.
             clip_range: ``(low, high)`` the images are clipped to before the MAE and for the
                 residual (the range the MAE was trained on); None: no clipping.
@@ -594,12 +577,8 @@ class ResidualMapd(MapTransform):
         """
         super().__init__(keys, allow_missing_keys)
         if not (isinstance(mae, (nn.Module, str, os.PathLike)) or callable(mae)):
-            raise ValueError(
-                f"mae must be an nn.Module, a checkpoint path or a callable, got {type(mae).__name__}."
-            )
-        ratios = tuple(
-            float(r) for r in (mask_ratios if isinstance(mask_ratios, Sequence) else [mask_ratios])
-        )
+            raise ValueError(f"mae must be an nn.Module, a checkpoint path or a callable, got {type(mae).__name__}.")
+        ratios = tuple(float(r) for r in (mask_ratios if isinstance(mask_ratios, Sequence) else [mask_ratios]))
         if not ratios:
             raise ValueError("mask_ratios must hold at least one ratio.")
         for ratio in ratios:
@@ -613,12 +592,8 @@ class ResidualMapd(MapTransform):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an int or None, got {seed!r}.")
         if foreground_threshold is not None and not math.isfinite(float(foreground_threshold)):
-            raise ValueError(
-                f"foreground_threshold must be a finite number or None, got {foreground_threshold!r}."
-            )
-        if clip_range is not None and (
-            len(clip_range) != 2 or not float(clip_range[0]) < float(clip_range[1])
-        ):
+            raise ValueError(f"foreground_threshold must be a finite number or None, got {foreground_threshold!r}.")
+        if clip_range is not None and (len(clip_range) != 2 or not float(clip_range[0]) < float(clip_range[1])):
             raise ValueError(f"clip_range must be (low, high) with low < high, got {clip_range!r}.")
         self.mae_source = mae
         self.mask_ratios = ratios
@@ -682,9 +657,7 @@ class ResidualMapd(MapTransform):
         num_patches = (size[0] // mae.patch_size) * (size[1] // mae.patch_size)
         num_slices = 1 if tensor.ndim == 3 else tensor.shape[1 + self.slice_axis % 3]
         generator = self._generator(key, image, tensor.shape)
-        return draw_residual_masks(
-            num_patches, num_slices, self.mask_ratios, self.num_passes, self.masking, generator
-        )
+        return draw_residual_masks(num_patches, num_slices, self.mask_ratios, self.num_passes, self.masking, generator)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

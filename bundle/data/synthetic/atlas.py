@@ -56,7 +56,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,7 +65,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .mni import MNITemplate, load_mni152_template
+from bundle.data.mni import MNITemplate, load_mni152_template
+from bundle.data.writers import NIFTI_XFORM_MNI_152, save_nifti
+from bundle.utils.errors import DatasetError
+from bundle.utils.flags import as_flag
+from bundle.utils.io import write_text
 
 __all__ = [
     "ATLAS_SPACE",
@@ -79,6 +82,7 @@ __all__ = [
     "parse_atlas_subject_id",
     "atlas_subject_paths",
     "generate_atlas_like_dataset",
+    "ensure_demo_dataset",
     "load_atlas_like_records",
 ]
 
@@ -97,7 +101,7 @@ _GENERATOR_NAME = "grcsf-bundle synthetic ATLAS v2.0 look-alike"
 _INDEX_FORMAT_VERSION = 1
 _SUBJECT_ID = re.compile(r"^sub-(r\d{3,})(s\d{3,})$")
 # NIfTI xform code NIFTI_XFORM_MNI_152: the grid is MNI-152 space.
-_NIFTI_XFORM_MNI_152 = 4
+_NIFTI_DESCRIPTION = "synthetic ATLAS-like, grcsf-bundle"
 # Independent random streams of one seed (SeedSequence entropy tags).
 _STREAM_DATASET, _STREAM_COHORT, _STREAM_SUBJECT = 0, 1, 2
 
@@ -145,13 +149,7 @@ class SyntheticAtlasParams:
     subject_jitter: float = 0.1
 
     def __post_init__(self) -> None:
-        ranges = (
-            "lesion_volume_mm3",
-            "lesion_contrast",
-            "bias_strength",
-            "intensity_scale",
-            "noise_fraction",
-        )
+        ranges = ("lesion_volume_mm3", "lesion_contrast", "bias_strength", "intensity_scale", "noise_fraction")
         for name in ranges:
             low, high = getattr(self, name)
             if not 0 <= low <= high:
@@ -204,9 +202,7 @@ def atlas_subject_id(cohort_index: int, subject_number: int) -> str:
         subject_number: 1-based number of the subject within its cohort.
     """
     if cohort_index < 0 or subject_number < 1:
-        raise ValueError(
-            f"Need cohort_index >= 0 and subject_number >= 1, got {cohort_index}, {subject_number}."
-        )
+        raise ValueError(f"Need cohort_index >= 0 and subject_number >= 1, got {cohort_index}, {subject_number}.")
     return f"sub-r{cohort_index + 1:03d}s{subject_number:03d}"
 
 
@@ -238,10 +234,7 @@ def atlas_subject_paths(root: str | os.PathLike, subject: str) -> dict[str, Path
     """
     cohort, _ = parse_atlas_subject_id(subject)
     anat = Path(root) / "Training" / cohort.upper() / subject / "ses-1" / "anat"
-    return {
-        "image": anat / f"{subject}{ATLAS_IMAGE_SUFFIX}",
-        "label": anat / f"{subject}{ATLAS_LABEL_SUFFIX}",
-    }
+    return {"image": anat / f"{subject}{ATLAS_IMAGE_SUFFIX}", "label": anat / f"{subject}{ATLAS_LABEL_SUFFIX}"}
 
 
 # --------------------------------------------------------------------------- random fields
@@ -352,18 +345,14 @@ def _deform_anatomy(
     t1 = np.zeros(template.shape, dtype=np.float32)
     tissue = np.zeros(template.shape, dtype=np.float32)
     for src, dst in ((template.t1, t1), (tissue_template, tissue)):
-        dst[region] = ndimage.map_coordinates(
-            src, coords, order=1, mode="constant", cval=0.0, prefilter=False
-        )
+        dst[region] = ndimage.map_coordinates(src, coords, order=1, mode="constant", cval=0.0, prefilter=False)
     return t1, tissue, region
 
 
 # --------------------------------------------------------------------------- lesions
 
 
-def _grow_region(
-    score: np.ndarray, allowed: np.ndarray, seed: tuple[int, int, int], num_voxels: int
-) -> np.ndarray:
+def _grow_region(score: np.ndarray, allowed: np.ndarray, seed: tuple[int, int, int], num_voxels: int) -> np.ndarray:
     """Grow a 6-connected region from ``seed``, always adding the best-scoring neighbour.
 
     Args:
@@ -480,12 +469,7 @@ def _is_lesion_free(index: int, fraction: float, offset: float) -> bool:
 
 
 def _synthesize_subject(
-    template: MNITemplate,
-    seed: int,
-    index: int,
-    cohort: _Cohort,
-    lesion_free: bool,
-    params: SyntheticAtlasParams,
+    template: MNITemplate, seed: int, index: int, cohort: _Cohort, lesion_free: bool, params: SyntheticAtlasParams
 ) -> _Subject:
     """Make subject ``index`` (0-based) on the template grid; see the module docstring."""
     # Separate streams, so that a subject's anatomy and scanner do not depend on its lesions.
@@ -524,52 +508,10 @@ def _synthesize_subject(
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, write: Any, overwrite: bool, suffix: str = "") -> None:
-    """Write ``path`` via a temporary file in the same folder and ``os.replace``.
-
-    Args:
-        write: callable taking the temporary path.
-        suffix: temporary file suffix (nibabel chooses gzip from ``.nii.gz``).
-    """
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, overwrite: bool) -> None:
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=_NIFTI_XFORM_MNI_152)
-    img.set_sform(affine, code=_NIFTI_XFORM_MNI_152)
-    img.header.set_xyzt_units(xyz="mm")
-    img.header["descrip"] = b"synthetic ATLAS-like, grcsf-bundle"
-    _atomic_write(path, lambda tmp: nib.save(img, tmp), overwrite, suffix=".nii.gz")
-
-
-def _write_text(text: str, path: Path, overwrite: bool) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-
-    _atomic_write(path, write, overwrite)
-
-
 def _participants_tsv(records: list[dict[str, Any]], demographics: dict[str, tuple[str, int]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
-    writer.writerow(
-        ["participant_id", "cohort", "sex", "age", "num_lesions", "lesion_voxels", "lesion_contrast_mean"]
-    )
+    writer.writerow(["participant_id", "cohort", "sex", "age", "num_lesions", "lesion_voxels", "lesion_contrast_mean"])
     for rec in records:
         contrasts = [les["contrast"] for les in rec["lesions"]]
         mean_contrast = f"{np.mean(contrasts):.4f}" if contrasts else "n/a"  # BIDS: n/a for missing
@@ -677,9 +619,7 @@ def generate_atlas_like_dataset(
         FileExistsError: ``output_dir`` is not empty and ``overwrite`` is False.
         ImportError: nilearn (the template) is missing: ``pip install ".[demo]"``.
     """
-    root = _check_arguments(
-        output_dir, num_subjects, num_cohorts, lesion_free_fraction, resolution_mm, seed, overwrite
-    )
+    root = _check_arguments(output_dir, num_subjects, num_cohorts, lesion_free_fraction, resolution_mm, seed, overwrite)
     params = SyntheticAtlasParams() if params is None else params
     if not isinstance(params, SyntheticAtlasParams):
         raise ValueError(f"params must be a SyntheticAtlasParams, got {type(params).__name__}.")
@@ -703,8 +643,8 @@ def generate_atlas_like_dataset(
         lesion_free = _is_lesion_free(i, float(lesion_free_fraction), offset)
         subject = _synthesize_subject(template, seed, i, cohorts[cohort_index], lesion_free, params)
         paths = atlas_subject_paths(root, subject_id)
-        _save_nifti(subject.image, template.affine, paths["image"], overwrite)
-        _save_nifti(subject.label, template.affine, paths["label"], overwrite)
+        save_nifti(subject.image, template.affine, paths["image"], overwrite, _NIFTI_DESCRIPTION, NIFTI_XFORM_MNI_152)
+        save_nifti(subject.label, template.affine, paths["label"], overwrite, _NIFTI_DESCRIPTION, NIFTI_XFORM_MNI_152)
         demographics[subject_id] = (subject.sex, subject.age)
         records.append(
             {
@@ -753,9 +693,9 @@ def generate_atlas_like_dataset(
         "SourceDatasets": [{"URL": "http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009"}],
         "GenerationTimeSeconds": round(time.perf_counter() - start_time, 2),
     }
-    _write_text(_participants_tsv(records, demographics), root / "participants.tsv", overwrite)
-    _write_text(json.dumps(index, indent=1) + "\n", root / ATLAS_LESION_INDEX, overwrite)
-    _write_text(json.dumps(description, indent=2) + "\n", root / "dataset_description.json", overwrite)
+    write_text(_participants_tsv(records, demographics), root / "participants.tsv", overwrite)
+    write_text(json.dumps(index, indent=1) + "\n", root / ATLAS_LESION_INDEX, overwrite)
+    write_text(json.dumps(description, indent=2) + "\n", root / "dataset_description.json", overwrite)
     return records
 
 
@@ -789,9 +729,7 @@ def load_atlas_like_records(root: str | os.PathLike) -> list[dict[str, Any]]:
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{index_path} is not a valid ATLAS-like lesion index: {err}") from err
     if version != _INDEX_FORMAT_VERSION:
-        raise ValueError(
-            f"{index_path} has format_version {version!r}; this code reads {_INDEX_FORMAT_VERSION}."
-        )
+        raise ValueError(f"{index_path} has format_version {version!r}; this code reads {_INDEX_FORMAT_VERSION}.")
 
     records = []
     required = ("subject", "cohort", "image", "label", "num_lesions", "lesion_voxels", "lesions")
@@ -808,3 +746,54 @@ def load_atlas_like_records(root: str | os.PathLike) -> list[dict[str, Any]]:
             out[key] = str(path)
         records.append(out)
     return records
+
+
+def ensure_demo_dataset(
+    dataset_dir: str | os.PathLike,
+    num_subjects: int = 20,
+    num_cohorts: int = 4,
+    resolution_mm: int = 3,
+    seed: int = 0,
+    progress: Any = True,
+) -> str:
+    """The demo data set in ``dataset_dir``: made there when the folder is missing or empty, reused
+    when it holds a look-alike made with these settings; returns the folder.
+
+    Raises:
+        DatasetError: the folder holds something else (files but no look-alike index), or a
+            look-alike made with other settings (the message names them): nothing is overwritten.
+    """
+    root = Path(dataset_dir).expanduser().resolve()
+    index_path = root / ATLAS_LESION_INDEX
+    wanted = {
+        "num_subjects": int(num_subjects),
+        "num_cohorts": int(num_cohorts),
+        "resolution_mm": int(resolution_mm),
+        "seed": int(seed),
+        "params": json.loads(json.dumps(asdict(SyntheticAtlasParams()))),
+    }
+    if index_path.is_file():
+        try:
+            made = json.loads(index_path.read_text())["generator_parameters"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise DatasetError(
+                f"{index_path}: not a valid look-alike index ({err}); delete {root} to remake it."
+            ) from err
+        changed = sorted(k for k, v in wanted.items() if made.get(k) != v)
+        if changed:
+            raise DatasetError(
+                f"{root}: the demo data there was made with other settings ({', '.join(changed)} differ); "
+                "delete the folder to remake it, or pass another dataset_dir."
+            )
+        return str(root)
+    if root.exists() and any(root.iterdir()):
+        raise DatasetError(f"{root}: not empty and not a generated look-alike; pass another dataset_dir.")
+    generate_atlas_like_dataset(
+        root,
+        num_subjects=num_subjects,
+        num_cohorts=num_cohorts,
+        resolution_mm=resolution_mm,
+        seed=seed,
+        progress=as_flag(progress, "progress"),
+    )
+    return str(root)

@@ -13,7 +13,7 @@
 Nothing here is a real patient: every volume is a seeded geometric chest phantom. The
 look-alikes exist so that the CT workflows (loading, windowing, splitting, calcium scoring)
 can be run and tested without the real downloads; their *layouts* copy the real data sets so
-that the same adapters (:mod:`bundle.data.ct_datasets`) read both.
+that the same adapters (:mod:`bundle.data.msd_lung`) read both.
 
 MSD Task06 Lung look-alike (:func:`generate_msd_lung_like`)::
 
@@ -40,7 +40,7 @@ plus a DICOM copy of every image::
 
 Case ``i`` (0-based) is ``TRV{i % 4 + 1}P{i // 4 + 1}`` (orCaScore: 4 vendors, patients
 numbered per vendor). The real reference standard may use other label values than 1 (e.g. per
-artery); :mod:`bundle.data.ct_datasets` only lists the files.
+artery); :mod:`bundle.data.msd_lung` only lists the files.
 
 Geometry. Arrays are ``(X, Y, Z)`` with Z axial, stored in DICOM order (i towards the
 patient's left, j posterior, k superior), so the RAS affine is ``diag(-sx, -sy, sz)`` plus the
@@ -98,6 +98,10 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+from bundle.data.dicom import write_dicom_series
+from bundle.data.writers import save_nifti
+from bundle.utils.io import atomic_output, write_json, write_text
 
 __all__ = [
     "CT_TISSUE_NAMES",
@@ -223,10 +227,7 @@ class _Grid:
     def affine(self, table_offset_mm: Sequence[float]) -> np.ndarray:
         """RAS affine of the grid: i -> patient left, j -> posterior, k -> superior (DICOM order)."""
         lps_origin = np.array(
-            [
-                c - (n - 1) / 2.0 * s + t
-                for n, s, c, t in zip(self.shape, self.spacing, self.centre_mm, table_offset_mm)
-            ]
+            [c - (n - 1) / 2.0 * s + t for n, s, c, t in zip(self.shape, self.spacing, self.centre_mm, table_offset_mm)]
         )
         affine = np.eye(4)
         affine[:3, :3] = np.diag([-self.spacing[0], -self.spacing[1], self.spacing[2]])
@@ -318,9 +319,7 @@ def _chest_anatomy(grid: _Grid, layout: dict[str, Any], scale: float) -> _Chest:
     paint(_ellipse(u, v, 0, 0, body_a - fat, body_b - fat) <= 1, 40.0, _SOFT)
 
     # ribs: an elliptic band, periodic along z and tilted (lower in front), with an anterior gap
-    band = (_ellipse(u, v, 0, 0, rib_a, rib_b) <= 1) & (
-        _ellipse(u, v, 0, 0, rib_a - 9 * s, rib_b - 9 * s) > 1
-    )
+    band = (_ellipse(u, v, 0, 0, rib_a, rib_b) <= 1) & (_ellipse(u, v, 0, 0, rib_a - 9 * s, rib_b - 9 * s) > 1)
     rib_z = np.mod(w - 0.3 * v + layout["rib_phase_mm"], layout["rib_period_mm"]) < 10.0 * s
     cartilage = (v < -0.5 * rib_b) & (np.abs(u) < 30.0 * s)
     paint(band & rib_z & ~cartilage, layout["rib_hu"], _BONE)
@@ -415,15 +414,11 @@ def _finish(hu: np.ndarray, grid: _Grid, rng: np.random.Generator, sigma_hu: flo
     return np.clip(np.rint(out), _HU_MIN, _HU_MAX).astype(np.int16)
 
 
-def _check_geometry(
-    shape: Sequence[int], spacing: Sequence[float], min_size: Sequence[int], name: str
-) -> None:
+def _check_geometry(shape: Sequence[int], spacing: Sequence[float], min_size: Sequence[int], name: str) -> None:
     if len(shape) != 3 or any(not isinstance(n, (int, np.integer)) or isinstance(n, bool) for n in shape):
         raise ValueError(f"{name}: shape must be 3 integers (X, Y, Z), got {tuple(shape)!r}.")
     if any(n < m for n, m in zip(shape, min_size)):
-        raise ValueError(
-            f"{name}: shape {tuple(shape)} is too small; each axis needs at least {tuple(min_size)}."
-        )
+        raise ValueError(f"{name}: shape {tuple(shape)} is too small; each axis needs at least {tuple(min_size)}.")
     sp = np.asarray(spacing, dtype=float)
     if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise ValueError(f"{name}: spacing must be 3 positive numbers in mm, got {tuple(spacing)!r}.")
@@ -433,12 +428,7 @@ def _check_geometry(
 
 
 def _add_nodule(
-    chest: _Chest,
-    label: np.ndarray,
-    grid: _Grid,
-    rng: np.random.Generator,
-    radius_vox: float,
-    free: np.ndarray,
+    chest: _Chest, label: np.ndarray, grid: _Grid, rng: np.random.Generator, radius_vox: float, free: np.ndarray
 ) -> dict[str, Any] | None:
     """Put one lobulated nodule in a lung (in place); None when it does not fit anywhere.
 
@@ -510,9 +500,7 @@ def make_msd_lung_case(
     fov = [n * s for n, s in zip(shape, spacing)]
     scale = min(1.0, 0.46 * fov[0] / 160.0, 0.46 * fov[1] / 115.0)  # the body fits in the FOV
     layout = _draw_chest_layout(anatomy_rng, scale)
-    grid = _Grid(
-        shape, spacing, (0.0, float(anatomy_rng.uniform(-5, 5)), float(anatomy_rng.uniform(-10, 10)))
-    )
+    grid = _Grid(shape, spacing, (0.0, float(anatomy_rng.uniform(-5, 5)), float(anatomy_rng.uniform(-10, 10))))
     chest = _chest_anatomy(grid, layout, scale)
     _lung_vessels(chest, grid, anatomy_rng)
 
@@ -713,9 +701,7 @@ def _place_calcification(
         for s, (bx, by) in enumerate(sizes):
             slice_band = band - 1 if lower_ends and s in (0, nz - 1) else band
             peak = int(rng.integers(*_BAND_PEAK_HU[slice_band]))
-            base = (
-                int(rng.integers(_BAND_PEAK_HU[1][0], min(peak, _BAND_PEAK_HU[1][1]) + 1)) if peaked else peak
-            )
+            base = int(rng.integers(_BAND_PEAK_HU[1][0], min(peak, _BAND_PEAK_HU[1][1]) + 1)) if peaked else peak
             plane = np.full((bx, by), base, dtype=np.int16)
             plane[bx // 2, by // 2] = peak
             k = k0 + s
@@ -806,11 +792,7 @@ def make_orcascore_case(
     for number, les in enumerate(lesions, start=1):
         les["lesion"] = number
     total = float(sum(les["agatston"] for les in lesions))
-    table = (
-        float(noise_rng.uniform(-10, 10)),
-        float(noise_rng.uniform(-30, 30)),
-        float(noise_rng.uniform(-200, 0)),
-    )
+    table = (float(noise_rng.uniform(-10, 10)), float(noise_rng.uniform(-30, 30)), float(noise_rng.uniform(-200, 0)))
     return SyntheticCTCase(
         subject=subject or orcascore_case_id(index),
         image=image,
@@ -831,49 +813,10 @@ def make_orcascore_case(
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, write: Callable[[str], None], overwrite: bool) -> None:
-    """Write ``path`` through :func:`bundle.engines.inference.atomic_output` (temp file + os.replace)."""
-    from bundle.engines.inference import atomic_output  # lazy: bundle.engines imports bundle.data
-
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        write(tmp)
+_MET_TYPES = {np.dtype(np.int16): "MET_SHORT", np.dtype(np.uint8): "MET_UCHAR", np.dtype(np.float32): "MET_FLOAT"}
 
 
-def _write_text(text: str, path: Path, overwrite: bool) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-
-    _atomic_write(path, write, overwrite)
-
-
-def _write_json(obj: Any, path: Path, overwrite: bool) -> None:
-    from bundle.engines.inference import write_json
-
-    write_json(obj, path, overwrite=overwrite)
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, overwrite: bool, description: str) -> None:
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)  # NIFTI_XFORM_SCANNER_ANAT
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units(xyz="mm")
-    img.header["descrip"] = description.encode()[:79]
-    _atomic_write(path, lambda tmp: nib.save(img, tmp), overwrite)
-
-
-_MET_TYPES = {
-    np.dtype(np.int16): "MET_SHORT",
-    np.dtype(np.uint8): "MET_UCHAR",
-    np.dtype(np.float32): "MET_FLOAT",
-}
-
-
-def write_metaimage(
-    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, overwrite: bool = False
-) -> str:
+def write_metaimage(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> str:
     """Write an ``(X, Y, Z)`` array as an ITK MetaImage ``.mhd`` header plus a ``.raw`` data file.
 
     The data file is written first, then the header, each atomically, so that a complete
@@ -931,8 +874,9 @@ def write_metaimage(
         with open(tmp, "wb") as f:
             f.write(data)
 
-    _atomic_write(raw, write_raw, overwrite)
-    _write_text(header, path, overwrite)
+    with atomic_output(raw, overwrite=overwrite) as tmp:
+        write_raw(tmp)
+    write_text(header, path, overwrite)
     return str(path)
 
 
@@ -1050,11 +994,11 @@ def generate_msd_lung_like(
     for i in _progress(range(num_cases + num_test), progress, "synthetic MSD lung cases"):
         case = make_msd_lung_case(i, seed=seed, shape=shape, spacing=spacing)
         image_rel = f"imagesTr/{case.subject}.nii.gz" if i < num_cases else f"imagesTs/{case.subject}.nii.gz"
-        _save_nifti(case.image, case.affine, root / image_rel, overwrite, description)
+        save_nifti(case.image, case.affine, root / image_rel, overwrite, description)
         entry: dict[str, Any] = {"subject": case.subject, "image": image_rel}
         if i < num_cases:
             label_rel = f"labelsTr/{case.subject}.nii.gz"
-            _save_nifti(case.label, case.affine, root / label_rel, overwrite, description)
+            save_nifti(case.label, case.affine, root / label_rel, overwrite, description)
             training.append({"image": f"./{image_rel}", "label": f"./{label_rel}"})
             entry.update(split="training", label=label_rel)
         else:
@@ -1102,11 +1046,9 @@ def generate_msd_lung_like(
         "tumour masks (1 = cancer).\n`nodules.json` lists every case's nodules "
         "(centre voxel, radius, HU, voxels)."
     )
-    _write_json(dataset, root / "dataset.json", overwrite)
-    _write_json(index, root / MSD_LUNG_NODULE_INDEX, overwrite)
-    _write_text(
-        _readme("Synthetic MSD Task06 Lung look-alike", body, parameters), root / "README.md", overwrite
-    )
+    write_json(dataset, root / "dataset.json", overwrite)
+    write_json(index, root / MSD_LUNG_NODULE_INDEX, overwrite)
+    write_text(_readme("Synthetic MSD Task06 Lung look-alike", body, parameters), root / "README.md", overwrite)
     return str(root)
 
 
@@ -1155,12 +1097,6 @@ def generate_orcascore_like(
     unknown = sorted(set(formats) - {"mhd", "dicom"})
     if not formats or unknown:
         raise ValueError(f"formats must be a non-empty subset of ('mhd', 'dicom'), got {formats!r}.")
-    write_dicom_series = None
-    if "dicom" in formats:
-        try:
-            from .dicom import write_dicom_series
-        except ImportError as err:
-            raise ImportError(f"DICOM output needs bundle.data.dicom ({err}); use formats=('mhd',).") from err
     root = _check_output_dir(output_dir, overwrite)
     start = time.perf_counter()
     previous = _previous_index(root, ORCASCORE_REFERENCE_SCORES, _ORCA_GENERATOR) if overwrite else None
@@ -1174,7 +1110,7 @@ def generate_orcascore_like(
             rel = f"{ORCASCORE_IMAGE_DIR}/{case.subject}CTI.mhd"
             write_metaimage(case.image, case.affine, root / rel, overwrite)
             entry["image"] = rel
-        if write_dicom_series is not None:
+        if "dicom" in formats:
             rel = f"{ORCASCORE_DICOM_DIR}/{case.subject}"
             write_dicom_series(
                 case.image,
@@ -1243,6 +1179,6 @@ def generate_orcascore_like(
         "`reference_scores.json` gives every calcification (bounding box in voxels, per-slice pixels,\n"
         "peak HU and weight) and the Agatston scores per lesion and per case, computed by construction."
     )
-    _write_json(index, root / ORCASCORE_REFERENCE_SCORES, overwrite)
-    _write_text(_readme("Synthetic orCaScore look-alike", body, parameters), root / "README.md", overwrite)
+    write_json(index, root / ORCASCORE_REFERENCE_SCORES, overwrite)
+    write_text(_readme("Synthetic orCaScore look-alike", body, parameters), root / "README.md", overwrite)
     return str(root)

@@ -16,16 +16,9 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 
-from .inference import atomic_output
+from bundle.utils.io import atomic_output
 
-__all__ = [
-    "axial_axis",
-    "lesion_slice_index",
-    "take_slice",
-    "OverlaySlices",
-    "overlay_figure",
-    "save_overlay",
-]
+__all__ = ["axial_axis", "lesion_slice_index", "take_slice", "OverlaySlices", "overlay_figure", "save_overlay"]
 
 
 def axial_axis(affine: np.ndarray) -> int:
@@ -123,9 +116,11 @@ class OverlaySlices:
             image=take_slice(image, axis, index),
             truth=take_slice(truth, axis, index),
             pred=take_slice(pred, axis, index),
-            residual_maps=np.stack([take_slice(rm, axis, index) for rm in np.asarray(residual_maps)])
-            if len(residual_maps)
-            else np.zeros((0, *take_slice(image, axis, index).shape), dtype=np.float32),
+            residual_maps=(
+                np.stack([take_slice(rm, axis, index) for rm in np.asarray(residual_maps)])
+                if len(residual_maps)
+                else np.zeros((0, *take_slice(image, axis, index).shape), dtype=np.float32)
+            ),
             residual_names=residual_names,
             title=f"{title} (slice {index} of axis {axis})",
         )
@@ -171,9 +166,7 @@ def overlay_figure(slices: OverlaySlices, dpi: int = 100):
     return fig
 
 
-def save_overlay(
-    slices: OverlaySlices, path: str | os.PathLike, overwrite: bool = False, dpi: int = 100
-) -> str:
+def save_overlay(slices: OverlaySlices, path: str | os.PathLike, overwrite: bool = False, dpi: int = 100) -> str:
     """Draw :func:`overlay_figure` and write it to ``path`` (PNG) atomically; returns the path."""
     fig = overlay_figure(slices, dpi=dpi)
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
