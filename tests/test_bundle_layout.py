@@ -17,7 +17,7 @@ REQUIRED_METADATA_FIELDS = (
     "monai_version",
     "pytorch_version",
     "numpy_version",
-    "optional_packages_version",
+    "required_packages_version",
     "name",
     "task",
     "description",
@@ -94,26 +94,21 @@ def test_layout() -> None:
     assert "Apache License" in (ROOT / "LICENSE").read_text()
 
 
-# ids that training and inference must define identically (the network, its input and the
-# residual-map step); inference.json is self-contained for MONAI Label, so they are repeated
-# there and this test keeps the two from drifting apart.
+# ids that training and inference must define identically; the model's settings (network, its
+# input, the residual maps, the preprocessing) are not among them: inference reads them from the
+# weights file (tests/engines/test_inference.py checks that training records them)
 SHARED_IDS = (
     "bundle_root",
     "ckpt_dir",
     "dataset_dir",
     "device",
-    "network_preset",
-    "rcu_patch_sizes",
-    "input_size",
-    "network_def",
-    "network",
-    "mae_preset",
     "mae_path",
-    "mask_ratios",
-    "num_passes",
-    "masking",
-    "slice_axis",
-    "residual_map_transform",
+    "network",
+    "reader",
+    "seed",
+    "amp",
+    "debug",
+    "progress",
 )
 
 
@@ -139,3 +134,16 @@ def test_every_config_parses(name: str) -> None:
     parser.read_config(str(ROOT / "configs" / f"{name}.json"))
     parser.parse(True)
     assert parser.get("network_def") is not None or parser.get("mae_def") is not None
+
+
+def test_one_version() -> None:
+    """``bundle.__version__`` is the version: the metadata repeats it, the package is built with it."""
+    import re
+
+    import bundle
+
+    assert _metadata()["version"] == bundle.__version__
+    pyproject = (ROOT / "pyproject.toml").read_text()  # (tomllib is Python 3.11+; 3.10 is supported)
+    assert re.search(r'^dynamic = \["version"\]$', pyproject, re.M)
+    assert not re.search(r"^version = \"", pyproject, re.M)  # no literal version in [project]
+    assert re.search(r'^version = \{ attr = "bundle.__version__" \}$', pyproject, re.M)

@@ -1,0 +1,329 @@
+# Copyright (c) GRCSF bundle contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Support of tests/integration/test_monailabel.py: the MONAI Label environment, its sample app and its server.
+
+- :func:`ensure_venv` builds (once) and returns the virtual environment of
+  ``requirements-monailabel.txt``: a cache folder ``~/.cache/grcsf-bundle/monailabel-venv-<hash>``
+  named by the hash of the requirements and the Python version, built under a file lock so that
+  concurrent runs wait for one build, and marked complete only at the end (an interrupted build is
+  removed and redone). ``GRCSF_CACHE_DIR`` moves the cache.
+- :func:`download_sample_app` copies the ``monaibundle`` sample app out of the installed
+  ``monailabel`` package with its own CLI (``monailabel apps --download``); nothing is fetched.
+- :class:`MonaiLabelServer` starts ``monailabel start_server`` on 127.0.0.1 in its own process
+  group, waits for ``/info/`` with a deadline and stops the whole group.
+
+Run as a script it builds the environment and prints its path (``python tests/integration/monailabel_support.py``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+REQUIREMENTS = REPO / "requirements-monailabel.txt"
+#: bump when the build steps change, so that cached environments are rebuilt
+BUILD_VERSION = "1"
+DEFAULT_CACHE_DIR = Path(os.environ.get("GRCSF_CACHE_DIR", Path.home() / ".cache" / "grcsf-bundle"))
+COMPLETE_MARKER = ".grcsf-venv-complete.json"
+
+
+class MonaiLabelSetupError(RuntimeError):
+    """The MONAI Label environment or server could not be set up; the message says which step failed."""
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return text[-chars:]
+
+
+def venv_key(requirements: Path = REQUIREMENTS) -> str:
+    """16 hex digits naming an environment: the pinned requirements, Python version, build steps.
+
+    Comments and blank lines do not count, so that editing the explanations does not rebuild.
+    """
+    pins = sorted(
+        line.split("#", 1)[0].strip() for line in requirements.read_text().splitlines() if line.split("#", 1)[0].strip()
+    )
+    digest = hashlib.sha256()
+    digest.update("\n".join(pins).encode())
+    digest.update(f"|{sys.version_info.major}.{sys.version_info.minor}|{BUILD_VERSION}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _run_logged(cmd: list[str], log: Path, deadline: float, step: str, env: dict[str, str] | None = None) -> None:
+    """Run ``cmd`` appending its output to ``log``; raise MonaiLabelSetupError on failure or timeout."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise MonaiLabelSetupError(f"{step}: no time left (see {log}).")
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        try:
+            result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=remaining, env=env, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise MonaiLabelSetupError(f"{step}: timed out after {remaining:.0f} s; log {log}:\n{_tail(log)}") from e
+    if result.returncode != 0:
+        raise MonaiLabelSetupError(f"{step}: exit code {result.returncode}; log {log}:\n{_tail(log)}")
+
+
+def _acquire(lock_file: Any, deadline: float, what: str) -> None:
+    """Take an exclusive flock, polling until ``deadline`` (another run may be building)."""
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError as err:
+            if time.monotonic() > deadline:
+                raise MonaiLabelSetupError(
+                    f"timed out waiting for the lock of {what} (another build running?)"
+                ) from err
+            time.sleep(2.0)
+
+
+def ensure_venv(
+    requirements: Path = REQUIREMENTS, cache_dir: Path = DEFAULT_CACHE_DIR, timeout_s: float = 1500.0
+) -> Path:
+    """The MONAI Label virtual environment of ``requirements``, built on first use.
+
+    Build: ``python -m venv``, then ``pip install --no-deps -r requirements`` (a complete lock:
+    nothing else is resolved, so no other torch is pulled in), then an import check of
+    monailabel, monai, torch and torchvision.
+
+    Returns:
+        the environment folder (``bin/python``, ``bin/monailabel``).
+
+    Raises:
+        MonaiLabelSetupError: a build step failed or ran past ``timeout_s`` (message with the log tail).
+    """
+    key = venv_key(requirements)
+    venv = cache_dir / f"monailabel-venv-{key}"
+    marker = venv / COMPLETE_MARKER
+    if marker.is_file():
+        return venv
+    deadline = time.monotonic() + timeout_s
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log = cache_dir / f"monailabel-venv-{key}.log"
+    with open(cache_dir / f"monailabel-venv-{key}.lock", "w") as lock:
+        _acquire(lock, deadline, venv)
+        if marker.is_file():  # built by the run we waited for
+            return venv
+        if venv.exists():  # left by an interrupted build
+            shutil.rmtree(venv)
+        log.write_text(f"building {venv} from {requirements}\n")
+        start = time.monotonic()
+        python = str(venv / "bin" / "python")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        _run_logged([sys.executable, "-m", "venv", str(venv)], log, deadline, "python -m venv", env)
+        _run_logged(
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-r",
+                str(requirements),
+            ],
+            log,
+            deadline,
+            "pip install -r requirements-monailabel.txt",
+            env,
+        )
+        check = (
+            "import json, monai, monailabel, numpy, torch, torchvision; "
+            "print(json.dumps({'monailabel': monailabel.__version__, 'monai': monai.__version__, "
+            "'torch': torch.__version__, 'torchvision': torchvision.__version__, 'numpy': numpy.__version__}))"
+        )
+        _run_logged([python, "-c", check], log, deadline, "import check", env)
+        versions = json.loads(log.read_text().strip().splitlines()[-1])
+        marker.write_text(
+            json.dumps({**versions, "build_seconds": round(time.monotonic() - start, 1), "key": key}) + "\n"
+        )
+    return venv
+
+
+def venv_info(venv: Path) -> dict[str, Any]:
+    """Versions and build time recorded when the environment was built."""
+    return json.loads((venv / COMPLETE_MARKER).read_text())
+
+
+def venv_env(venv: Path) -> dict[str, str]:
+    """Environment variables of a process run "inside" the activated venv (no PYTHONPATH leaks in)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["VIRTUAL_ENV"] = str(venv)
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def download_sample_app(venv: Path, output_dir: Path, name: str = "monaibundle", timeout_s: float = 120.0) -> Path:
+    """Copy a sample app out of the installed monailabel (``monailabel apps --download``)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [str(venv / "bin" / "monailabel"), "apps", "--download", "--name", name, "--output", str(output_dir)]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout_s, env=venv_env(venv), cwd=output_dir, check=False
+    )
+    app = output_dir / name
+    if result.returncode != 0 or not (app / "main.py").is_file():
+        raise MonaiLabelSetupError(
+            f"{' '.join(cmd)} failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
+    return app
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout_s: float) -> tuple[bytes, str]:
+    """GET ``url``; returns (body, content type)."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return response.read(), response.headers.get("Content-Type", "")
+
+
+def http_get_json(url: str, timeout_s: float) -> Any:
+    return json.loads(http_get(url, timeout_s)[0])
+
+
+def http_post(url: str, timeout_s: float) -> tuple[bytes, str]:
+    """POST an empty form to ``url``; returns (body, content type). HTTP errors carry the server's detail."""
+    request = urllib.request.Request(
+        url, data=b"", method="POST", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.read(), response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        raise MonaiLabelSetupError(f"POST {url}: HTTP {e.code}: {e.read()[:2000]!r}") from e
+
+
+class MonaiLabelServer:
+    """``monailabel start_server`` of ``app_dir`` on 127.0.0.1, in its own process group.
+
+    Args:
+        venv: the MONAI Label environment (:func:`ensure_venv`).
+        app_dir: the app folder (e.g. the ``monaibundle`` sample app with the bundle in ``model/<name>``).
+        studies: the studies folder (NIfTI volumes).
+        conf: ``--conf`` pairs, e.g. ``{"models": "grcsf_lesion_segmentation"}``.
+        log_path: where the server's output goes.
+        workdir: the server's working folder and home of its session files.
+    """
+
+    def __init__(
+        self, venv: Path, app_dir: Path, studies: Path, conf: dict[str, str], log_path: Path, workdir: Path
+    ) -> None:
+        self.venv, self.app_dir, self.studies, self.conf = venv, app_dir, studies, dict(conf)
+        self.log_path, self.workdir = log_path, workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        cmd = [
+            str(self.venv / "bin" / "monailabel"),
+            "start_server",
+            "--app",
+            str(self.app_dir),
+            "--studies",
+            str(self.studies),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        for key, value in self.conf.items():
+            cmd += ["--conf", key, value]
+        return cmd
+
+    def start(self, timeout_s: float = 300.0) -> dict[str, Any]:
+        """Start the server and wait until ``/info/`` answers; returns that answer.
+
+        Raises:
+            MonaiLabelSetupError: the server exited or did not answer within ``timeout_s`` (with its log).
+        """
+        env = venv_env(self.venv)
+        # everything the server writes stays in the test's folders; no background jobs
+        env.update(
+            MONAI_LABEL_SESSION_PATH=str(self.workdir / "sessions"),
+            MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
+            MONAI_LABEL_AUTO_UPDATE_SCORING="false",
+            MONAI_LABEL_TRACKING_ENABLED="false",
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,  # its own process group: stop() ends uvicorn and its children
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise MonaiLabelSetupError(
+                    f"MONAI Label server exited with {self.process.returncode}; log {self.log_path}:\n"
+                    f"{_tail(self.log_path)}"
+                )
+            try:
+                return http_get_json(f"{self.url}/info/", timeout_s=10.0)
+            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+                time.sleep(1.0)
+        self.stop()
+        raise MonaiLabelSetupError(
+            f"MONAI Label server did not answer /info/ within {timeout_s:.0f} s; log {self.log_path}:\n"
+            f"{_tail(self.log_path)}"
+        )
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM to the process group, SIGKILL after ``timeout_s``; safe to call twice."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout_s)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return _tail(self.log_path, chars)
+
+
+if __name__ == "__main__":
+    start = time.monotonic()
+    path = ensure_venv()
+    print(path)
+    print(json.dumps(venv_info(path)), f"(ready after {time.monotonic() - start:.0f} s)")
