@@ -190,8 +190,8 @@ def load_split(
     for key in SPLIT_KEYS:
         if split[key]:
             split[key] = check_records(split[key], keys=("image", "label"), source=source)
-    if not split["training"]:
-        raise DatasetError(f"{source}: no training records.")
+    if not any(split[key] for key in SPLIT_KEYS):
+        raise DatasetError(f"{source}: no records in any part of the split.")
     logger.info(
         f"{source}: {len(split['training'])} training, {len(split['validation'])} validation, "
         f"{len(split['test'])} test subjects ({split['rule']})."

@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 #: a scan whose residual-map statistic exceeds this many times the largest of the training volumes
 #: gets a warning: the MAE does not reconstruct it like the anatomy it was trained on
-OUT_OF_DISTRIBUTION_FACTOR = 2.0
+OUT_OF_DISTRIBUTION_FACTOR = 1.5
 #: the smallest in-plane size a volume may have, as a fraction of the network's input window
 MIN_INPLANE_FRACTION = 0.25
 

@@ -3,6 +3,7 @@ training curves, MAE sample panels, progress, metrics."""
 
 from .checkpoint import AtomicCheckpointSaver, NetworkCheckpointLoader, ResumeCheckpointLoader
 from .early_stop import ResumableEarlyStopHandler
+from .guards import EpochSeedHandler, NonFiniteLossGuard, epoch_seed
 from .mae_samples import MAESamplesHandler
 from .metrics import MeanOutput, lower_is_better, mae_validation_metrics
 from .progress import ProgressBarHandler, every_n_iterations

@@ -2,7 +2,7 @@
 pipelines, the MAE residual maps, saving predictions."""
 
 from .brain import brain_preprocessing, mni_brain_preprocessing, native_brain_preprocessing
-from .ct import CT_WINDOWS, CalciumCandidatesd, HUWindow, HUWindowd, LoadCTVolumed, ct_preprocessing, resolve_window
+from .ct import CT_WINDOWS, CalciumCandidatesd, HUWindow, HUWindowd, ct_preprocessing, resolve_window
 from .domains import PREPROCESSING_DOMAINS, model_preprocessing_options, volume_preprocessing
 from .intensity import BinarizeLabeld, ScaleIntensityPercentilesd
 from .io import LoadVolumed, SavePredictiond, ValidateVolumed

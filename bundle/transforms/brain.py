@@ -44,6 +44,7 @@ def brain_preprocessing(
     label_dtype: torch.dtype = torch.uint8,
     affine_atol: float | None = 1e-3,
     reader: str | None = None,
+    dicom_modality: str | None = "MR",
 ) -> Compose:
     """The volume pipeline of brain T1 MRI (ATLAS v2.0 and the synthetic look-alike).
 
@@ -72,13 +73,14 @@ def brain_preprocessing(
         label_dtype: dtype of the binary label.
         affine_atol: tolerance (mm) of the image/label affine check, None to skip it.
         reader: image reader for :class:`~monai.transforms.LoadImaged`, None for automatic.
+        dicom_modality: the Modality a DICOM series folder must have (None accepts any).
     """
     keys = list(keys)
     if image_key not in keys:
         raise ValueError(f"image_key {image_key!r} must be one of keys {keys}.")
     label = label_key if label_key is not None and label_key in keys else None
     transforms: list = [
-        LoadVolumed(keys, reader=reader),
+        LoadVolumed(keys, reader=reader, dicom_modality=dicom_modality),
         EnsureChannelFirstd(keys, allow_missing_keys=True),
         ValidateVolumed(image_key=image_key, label_key=label, affine_atol=affine_atol),
         # labels=None: take the axis labels from the MetaTensor's space (MONAI 1.6 default, stated to silence its warning)

@@ -31,7 +31,6 @@ and synthetic data can opt out with ``check_hu=False``.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,11 +39,10 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import ImageReader, MetaTensor
-from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, LoadImage, MapTransform, Orientationd
+from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, MapTransform, Orientationd
 from scipy import ndimage
 
 from bundle.data.checks import hounsfield_problem, plain_values
-from bundle.data.dicom import DicomSeriesReader
 from bundle.metrics.calcium import calcium_candidates
 from bundle.metrics.segmentation import connectivity_structure
 from bundle.utils.errors import InvalidVolumeError, source_of
@@ -53,15 +51,7 @@ from .intensity import BinarizeLabeld
 from .io import LoadVolumed, ValidateVolumed
 from .spatial import ResampleToSpacingd
 
-__all__ = [
-    "CT_WINDOWS",
-    "CalciumCandidatesd",
-    "HUWindow",
-    "HUWindowd",
-    "LoadCTVolumed",
-    "ct_preprocessing",
-    "resolve_window",
-]
+__all__ = ["CT_WINDOWS", "CalciumCandidatesd", "HUWindow", "HUWindowd", "ct_preprocessing", "resolve_window"]
 
 
 @dataclass(frozen=True)
@@ -212,58 +202,6 @@ class HUWindowd(MapTransform):
         return d
 
 
-class LoadCTVolumed(MapTransform):
-    """Load CT volumes: a folder is a DICOM series, a file is read by MONAI's ``LoadImage``.
-
-    Files: NIfTI (``NibabelReader``), MetaImage ``.mhd``/``.mha`` and other ITK formats
-    (``ITKReader``), through :class:`~bundle.transforms.io.LoadVolumed` (errors
-    name the file). Folders: ``dicom_reader`` (default :class:`~bundle.data.dicom.DicomSeriesReader`,
-    errors are :class:`~bundle.data.dicom.DicomSeriesError` naming the folder or file). Missing
-    paths raise :class:`FileNotFoundError`. The output is a MetaTensor ``(X, Y, Z)`` in HU.
-
-    Args:
-        keys: keys of the paths.
-        reader: image reader of files for ``LoadImage``, None for automatic.
-        dicom_reader: reader of DICOM folders, None for ``DicomSeriesReader(require_modality, series_uid)``.
-        require_modality: Modality required of DICOM series; None accepts any.
-        series_uid: series to read from DICOM folders that hold several.
-        dtype: data type of the loaded arrays.
-        allow_missing_keys: skip keys absent from the data (e.g. no label for unlabeled data).
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        reader: str | ImageReader | None = None,
-        dicom_reader: ImageReader | None = None,
-        require_modality: str | None = "CT",
-        series_uid: str | None = None,
-        dtype: Any = np.float32,
-        allow_missing_keys: bool = True,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.file_loader = LoadVolumed(keys, reader=reader, dtype=dtype, allow_missing_keys=True)
-        self.dicom_reader = dicom_reader or DicomSeriesReader(require_modality=require_modality, series_uid=series_uid)
-        self.dicom_loader = LoadImage(reader=self.dicom_reader, dtype=dtype, image_only=True)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            path = d[key]
-            if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
-                try:
-                    d[key] = self.dicom_loader(path, reader=self.dicom_reader)
-                except InvalidVolumeError:
-                    raise
-                except Exception as e:
-                    raise InvalidVolumeError(
-                        f"{path}: cannot read the {key} DICOM series ({type(e).__name__}: {e})"
-                    ) from e
-            else:
-                d[key] = self.file_loader({key: path})[key]
-        return d
-
-
 class CalciumCandidatesd(MapTransform):
     """orCaScore post-processing of predicted masks: keep the voxels at or above ``threshold_hu``.
 
@@ -383,10 +321,11 @@ def ct_preprocessing(
     :func:`~bundle.transforms.brain.brain_preprocessing`: ``Invertd(transform=<this>,
     orig_keys=image_key)`` takes predictions back to the input's grid and affine.
 
-    Steps: :class:`LoadCTVolumed` -> :class:`~monai.transforms.EnsureChannelFirstd` ->
-    :class:`~bundle.transforms.io.ValidateVolumed` -> :class:`~monai.transforms.Orientationd`
-    -> (optional) :class:`~bundle.transforms.spatial.ResampleToSpacingd` -> (optional) ``CopyItemsd`` of the HU
-    image -> :class:`HUWindowd` (image only) -> :class:`~bundle.transforms.io.BinarizeLabeld`.
+    Steps: :class:`~bundle.transforms.io.LoadVolumed` (DICOM series of Modality
+    ``require_modality``) -> :class:`~monai.transforms.EnsureChannelFirstd` ->
+    :class:`~bundle.transforms.io.ValidateVolumed` -> :class:`~monai.transforms.Orientationd` ->
+    (optional) :class:`~bundle.transforms.spatial.ResampleToSpacingd` -> (optional) ``CopyItemsd``
+    of the HU image -> :class:`HUWindowd` (image only) -> :class:`~bundle.transforms.intensity.BinarizeLabeld`.
 
     Args:
         keys: keys of the files to load; must contain ``image_key`` (and ``label_key`` to use labels).
@@ -413,7 +352,7 @@ def ct_preprocessing(
     label = label_key if label_key is not None and label_key in keys else None
     windowing = HUWindowd(image_key, window=window, output_range=output_range, check_hu=check_hu)
     transforms: list = [
-        LoadCTVolumed(keys, reader=reader, require_modality=require_modality, series_uid=series_uid),
+        LoadVolumed(keys, reader=reader, dicom_modality=require_modality, series_uid=series_uid),
         EnsureChannelFirstd(keys, allow_missing_keys=True),
         ValidateVolumed(image_key=image_key, label_key=label, affine_atol=affine_atol),
         # labels=None: take the axis labels from the MetaTensor's space (MONAI 1.6 default, stated to silence its warning)

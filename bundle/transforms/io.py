@@ -19,16 +19,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Hashable, Mapping, Sequence
+import warnings
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import LoadImaged, MapTransform, SaveImaged
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import LoadImage, LoadImaged, MapTransform, SaveImaged
 
+from bundle.data.dicom import DicomSeriesReader
 from bundle.data.inputs import prediction_path
 from bundle.data.writers import AtomicNibabelWriter, PredictionLayout
 from bundle.utils.errors import InvalidVolumeError, source_of
@@ -86,32 +90,75 @@ class SavePredictiond(SaveImaged):
         return prediction_path(image_path, self.layout.output_dir, self.layout.postfix, self.layout.extension)
 
 
+@contextmanager
+def _quiet_reader_registration() -> Iterator[None]:
+    """MONAI's LoadImage registers every reader it knows, and its GPU DICOM codec reader warns twice
+    (a log line and a warning) that nvImageCodec is absent, at every construction: noise before
+    every run of every command. The bundle reads DICOM with its own reader and never uses it."""
+    plugin_logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_logger.level
+    plugin_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            yield
+    finally:
+        plugin_logger.setLevel(level)
+
+
 class LoadVolumed(MapTransform):
-    """:class:`~monai.transforms.LoadImaged` (MetaTensor output) with errors that name the file.
+    """Load volumes with errors that name the file: a file through MONAI's ``LoadImage`` (NIfTI,
+    NRRD, MetaImage and the other ITK formats), a folder as one DICOM series.
+
+    DICOM folders are read by :class:`~bundle.data.dicom.DicomSeriesReader` in every domain, with
+    its checks (one series, no missing or duplicate slice, regular spacing, consistent orientation,
+    the expected modality): ITK's own DICOM reading accepts a series with a missing slice and only
+    warns on stderr, which gives a mask in a wrong geometry.
 
     Args:
-        keys: keys of the file paths to load (NIfTI files or DICOM series folders).
-        reader: reader name or class for :class:`~monai.transforms.LoadImaged`, None for automatic.
+        keys: keys of the file paths to load.
+        reader: reader name or class of files for :class:`~monai.transforms.LoadImage`, None for
+            MONAI's choice by file type.
+        dicom_modality: the Modality a DICOM series must have (``"CT"``, ``"MR"``); None accepts any.
+        series_uid: the series to read from DICOM folders that hold several.
         dtype: data type of the loaded arrays.
         allow_missing_keys: skip keys absent from the data (e.g. no label for unlabeled data).
+
+    Output: MetaTensors ``(X, Y, Z)`` (channel added later by ``EnsureChannelFirstd``).
     """
 
     def __init__(
-        self, keys: KeysCollection, reader: str | None = None, dtype: Any = np.float32, allow_missing_keys: bool = True
+        self,
+        keys: KeysCollection,
+        reader: str | ImageReader | None = None,
+        dicom_modality: str | None = None,
+        series_uid: str | None = None,
+        dtype: Any = np.float32,
+        allow_missing_keys: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadImaged(keys, reader=reader, dtype=dtype, image_only=True, allow_missing_keys=True)
+        with _quiet_reader_registration():
+            self.loader = LoadImaged(keys, reader=reader, dtype=dtype, image_only=True, allow_missing_keys=True)
+            self.dicom_reader = DicomSeriesReader(require_modality=dicom_modality, series_uid=series_uid)
+            self.dicom_loader = LoadImage(reader=self.dicom_reader, dtype=dtype, image_only=True)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             path = d[key]
             if isinstance(path, (str, os.PathLike)) and not os.path.exists(path):
-                raise FileNotFoundError(f"{key} file does not exist: {path}")
+                raise FileNotFoundError(f"{path}: the {key} file does not exist.")
+            dicom = isinstance(path, (str, os.PathLike)) and os.path.isdir(path)
             try:
-                d[key] = self.loader._loader(path)  # the array-level LoadImage of LoadImaged
+                if dicom:
+                    d[key] = self.dicom_loader(path, reader=self.dicom_reader)
+                else:
+                    d[key] = self.loader._loader(path)  # the array-level LoadImage of LoadImaged
+            except InvalidVolumeError:
+                raise
             except Exception as e:
-                raise InvalidVolumeError(f"{path}: cannot read the {key} file ({type(e).__name__}: {e})") from e
+                what = "DICOM series" if dicom else "file"
+                raise InvalidVolumeError(f"{path}: cannot read the {key} {what} ({type(e).__name__}: {e})") from e
         return d
 
 

@@ -118,9 +118,13 @@ def user_error(exc: BaseException) -> BaseException | None:
 
 
 def describe_error(exc: BaseException) -> str:
-    """``"Type: message"`` of the first exception in the chain of ``exc`` that is not a MONAI wrapper."""
+    """The message of the first exception in the chain of ``exc`` that is not a MONAI wrapper: a
+    problem of the user's making (:func:`user_error`) as its message, anything else (a bug) as
+    ``"Type: message"``."""
     for current in _chain(exc):
         if not (isinstance(current, RuntimeError) and str(current).startswith(_MONAI_WRAPPERS)):
+            if isinstance(current, (BundleError, *_USER_OS_ERRORS)):
+                return str(current)
             return f"{type(current).__name__}: {current}"
     return f"{type(exc).__name__}: {exc}"
 

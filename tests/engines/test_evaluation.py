@@ -23,7 +23,7 @@ from bundle.data.atlas import find_atlas_subjects
 from bundle.data.records import split_records
 from bundle.engines.evaluation import EvaluationRunner, check_label
 from bundle.metrics.segmentation import SEGMENTATION_METRIC_KEYS, segmentation_metrics
-from bundle.utils.errors import FolderRunError, InvalidVolumeError, describe_error
+from bundle.utils.errors import FolderRunError, InvalidVolumeError, describe_error, user_error
 from bundle.visualize.overlay import axial_axis, lesion_slice_index
 from tests.helpers import CONFIGS, REPO, make_parser, run_config
 
@@ -103,7 +103,8 @@ def test_evaluate_command(tmp_path: Path, small_bundle_root: Path, small_dataset
         run_config(
             small_bundle_root, EVAL_CONFIGS, run_id="evaluating", datalist=str(datalist), output_dir=str(eval_dir)
         )
-    assert describe_error(err.value).startswith("FileExistsError: evaluation outputs exist")
+    assert isinstance(user_error(err.value), FileExistsError)
+    assert describe_error(err.value).startswith("evaluation outputs exist")
     assert str(eval_dir / "metrics.csv") in describe_error(err.value)
 
 
