@@ -2,13 +2,7 @@
 inputs and outputs of inference, slices of volumes and their caches. The synthetic look-alikes
 are in :mod:`bundle.data.synthetic`."""
 
-from .atlas import (
-    ATLAS_SPLITS_FILE,
-    atlas_datalist_name,
-    atlas_subset_splits,
-    find_atlas_subjects,
-    write_atlas_datalists,
-)
+from .atlas import atlas_subset_splits, find_atlas_subjects
 from .cache import DiskCachedTransform, PackMetaTensors, transform_fingerprint, unpack_meta_tensors
 from .checks import (
     AIR_RANGE_HU,
@@ -27,7 +21,7 @@ from .dicom import (
     write_dicom_series,
 )
 from .inputs import NIFTI_EXTENSIONS, is_dicom_file, is_dicom_series_dir, list_inputs, prediction_path
-from .layouts import DATASET_LAYOUTS, evaluation_records, load_split
+from .layouts import DATASET_LAYOUTS, atlas_subset_count, evaluation_records, load_split
 from .mni import (
     MNI152_AFFINE,
     MNI152_SHAPE,

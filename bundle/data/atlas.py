@@ -25,12 +25,9 @@ where ``<root>`` may also be the folder holding ``ATLAS_2/``. The cohort (acquis
 - :func:`atlas_subset_splits` -- the paper's design (docs/method.md §7): the cohorts are partitioned
   into ``num_subsets`` subsets of distinct cohorts, balanced by subject count; within each subset
   whole cohorts go to test so that test holds about ``test_fraction`` of the subset's subjects.
-- :func:`write_atlas_datalists` -- one MONAI decathlon-style datalist per subset
-  (``atlas_subset-<i>.json``, keys ``"training"`` and ``"test"``) and ``atlas_splits.json``
-  summarising all subsets. Paths in the datalists are relative to the JSON's folder (POSIX
-  separators), which is what ``monai.data.load_decathlon_datalist`` resolves them against, so a
-  folder holding data and datalists can be moved as a whole; a path that cannot be made relative
-  (another drive on Windows) is written absolute.
+
+The workflows' split of a release (subsets, validation, the rule for few cohorts) is
+:func:`bundle.data.layouts.load_split`; ``scripts/prepare_dataset.py`` writes it as datalists.
 """
 
 from __future__ import annotations
@@ -44,18 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from bundle.utils.errors import DatasetError
-from bundle.utils.io import write_json
 
-__all__ = [
-    "ATLAS_SPLITS_FILE",
-    "atlas_datalist_name",
-    "atlas_subset_splits",
-    "find_atlas_subjects",
-    "write_atlas_datalists",
-]
-
-#: Name of the summary of all subsets written by :func:`write_atlas_datalists`.
-ATLAS_SPLITS_FILE = "atlas_splits.json"
+__all__ = ["atlas_subset_splits", "find_atlas_subjects"]
 
 # sub-r001s001_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz (the space entity is optional)
 _IMAGE_NAME = re.compile(r"^(sub-[A-Za-z0-9]+)_(ses-[A-Za-z0-9]+)_(?:space-[A-Za-z0-9]+_)?T1w\.nii(\.gz)?$")
@@ -64,11 +51,6 @@ _SUBJECT_COHORT = re.compile(r"^sub-(r\d+)s\d+$", re.IGNORECASE)
 _LABEL_SUFFIX = "_label-L_desc-T1lesion_mask"
 # Exhaustive search of the test cohorts of a subset up to this many cohorts (2**16 combinations).
 _MAX_EXHAUSTIVE_COHORTS = 16
-
-
-def atlas_datalist_name(subset: int) -> str:
-    """File name of the datalist of subset ``subset`` (0-based): ``atlas_subset-<subset>.json``."""
-    return f"atlas_subset-{subset}.json"
 
 
 def _dataset_root(root: str | os.PathLike) -> Path:
@@ -309,105 +291,3 @@ def atlas_subset_splits(
             }
         )
     return subsets
-
-
-# --------------------------------------------------------------------------- datalists
-
-
-def _relative_record(record: Mapping[str, Any], folder: Path) -> dict[str, Any]:
-    out = dict(record)
-    for key in ("image", "label"):
-        if key in out and out[key] is not None:
-            path = Path(out[key]).resolve()
-            try:
-                out[key] = Path(os.path.relpath(path, folder)).as_posix()
-            except ValueError:  # another drive (Windows): keep the absolute path
-                out[key] = str(path)
-    return out
-
-
-def write_atlas_datalists(
-    root: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    num_subsets: int = 4,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    overwrite: bool = False,
-) -> list[str]:
-    """Write the subsets of :func:`atlas_subset_splits` as MONAI decathlon-style datalists.
-
-    Files in ``output_dir`` (created if missing), each written atomically:
-
-    - ``atlas_subset-<i>.json``: ``{"description", "subset", "train_cohorts", "test_cohorts",
-      "training": [records], "test": [records]}``; records as :func:`find_atlas_subjects` gives them,
-      plus ``"subset"``, with ``image``/``label`` relative to ``output_dir``, so that
-      ``monai.data.load_decathlon_datalist(path, data_list_key="training")`` (or ``"test"``)
-      returns absolute paths when given the JSON's absolute path.
-    - ``atlas_splits.json``: root, seed, ``num_subsets``, ``test_fraction`` and per subset the
-      cohorts, subject counts, the achieved test fraction and the datalist name.
-
-    Args:
-        root: the ATLAS release (see :func:`find_atlas_subjects`; labels are required).
-        output_dir: folder of the JSON files.
-        num_subsets, test_fraction, seed: see :func:`atlas_subset_splits`.
-        overwrite: replace existing files; otherwise an existing one raises before anything is written.
-
-    Returns:
-        The paths written: the ``num_subsets`` datalists in subset order, then ``atlas_splits.json``.
-
-    Raises:
-        FileExistsError: a file to write exists and ``overwrite`` is False.
-        FileNotFoundError, ValueError: from :func:`find_atlas_subjects` / :func:`atlas_subset_splits`.
-    """
-    # imported here: bundle.engines imports bundle.data, which imports this module
-    records = find_atlas_subjects(root, require_labels=True)
-    subsets = atlas_subset_splits(records, num_subsets=num_subsets, test_fraction=test_fraction, seed=seed)
-    folder = Path(output_dir).expanduser().resolve()
-    if folder.exists() and not folder.is_dir():
-        raise DatasetError(f"output_dir {folder} exists and is not a directory.")
-    paths = [folder / atlas_datalist_name(s["subset"]) for s in subsets] + [folder / ATLAS_SPLITS_FILE]
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exist(s); pass overwrite=True to replace.")
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def subject_count(items: Sequence[Mapping[str, Any]]) -> int:
-        return len({r["subject"] for r in items})
-
-    summary_subsets = []
-    for subset, path in zip(subsets, paths):
-        num_train, num_test = subject_count(subset["training"]), subject_count(subset["test"])
-        datalist = {
-            "description": (
-                f"ATLAS v2.0 subset {subset['subset']} of {num_subsets} (cohort-disjoint train/test, seed {seed}); "
-                "paths relative to this file"
-            ),
-            "subset": subset["subset"],
-            "train_cohorts": subset["train_cohorts"],
-            "test_cohorts": subset["test_cohorts"],
-            "training": [_relative_record(r, folder) for r in subset["training"]],
-            "test": [_relative_record(r, folder) for r in subset["test"]],
-        }
-        write_json(datalist, path, overwrite=overwrite)
-        summary_subsets.append(
-            {
-                "subset": subset["subset"],
-                "datalist": path.name,
-                "train_cohorts": subset["train_cohorts"],
-                "test_cohorts": subset["test_cohorts"],
-                "num_train_subjects": num_train,
-                "num_test_subjects": num_test,
-                "test_fraction": num_test / (num_train + num_test),
-            }
-        )
-    summary = {
-        "root": str(_dataset_root(root)),
-        "seed": seed,
-        "num_subsets": num_subsets,
-        "test_fraction": test_fraction,
-        "num_subjects": subject_count(records),
-        "num_cohorts": len({r["cohort"] for r in records}),
-        "subsets": summary_subsets,
-    }
-    write_json(summary, paths[-1], overwrite=overwrite)
-    return [str(p) for p in paths]

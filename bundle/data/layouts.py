@@ -47,7 +47,7 @@ from .msd_lung import load_msd_lung, msd_lung_split
 from .orcascore import find_orcascore_scans, orcascore_split
 from .records import SPLIT_KEYS, check_records, split_records
 
-__all__ = ["DATASET_LAYOUTS", "evaluation_records", "load_split"]
+__all__ = ["DATASET_LAYOUTS", "atlas_subset_count", "evaluation_records", "load_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,31 @@ _NO_DATA = (
     "no data set given: pass --dataset_dir <a download in its release layout> (or --datalist <decathlon "
     "JSON>), or run the demo, which makes a small synthetic data set and trains on it: python scripts/run_demo.py"
 )
+
+
+def _labelled_atlas_subjects(dataset_dir: str) -> list[dict[str, Any]]:
+    """The Training subjects of an ATLAS release that have a lesion mask (the others are named in the log)."""
+    records = find_atlas_subjects(dataset_dir, require_labels=False, splits=("Training",))
+    unlabelled = [r["image"] for r in records if "label" not in r]
+    if unlabelled:
+        shown = ", ".join(unlabelled[:3]) + (f" and {len(unlabelled) - 3} more" if len(unlabelled) > 3 else "")
+        logger.warning(f"{dataset_dir}: {len(unlabelled)} Training subject(s) without a lesion mask left out: {shown}")
+    records = [r for r in records if "label" in r]
+    if len(records) < 2:
+        raise DatasetError(f"{dataset_dir}: {len(records)} labelled Training subject(s); at least 2 are needed.")
+    return records
+
+
+def _usable_subsets(num_cohorts: int, num_subsets: int) -> int:
+    # the paper's subsets need 2 cohorts each (train and test disjoint); with fewer than 4 cohorts, one subset
+    return max(1, min(int(num_subsets), num_cohorts // 2)) if num_cohorts >= 4 else 1
+
+
+def atlas_subset_count(dataset_dir: str | os.PathLike, num_subsets: int = 4) -> int:
+    """How many cohort-disjoint subsets :func:`load_split` makes of an ATLAS release when
+    ``num_subsets`` are asked: fewer when there are fewer than 2 cohorts per subset, 1 below 4 cohorts."""
+    cohorts = {r["cohort"] for r in _labelled_atlas_subjects(os.fspath(dataset_dir))}
+    return _usable_subsets(len(cohorts), num_subsets)
 
 
 def _atlas_split(
@@ -65,14 +90,7 @@ def _atlas_split(
     num_subsets: int = 4,
     test_fraction: float = 0.2,
 ) -> dict[str, Any]:
-    records = find_atlas_subjects(dataset_dir, require_labels=False, splits=("Training",))
-    unlabelled = [r["image"] for r in records if "label" not in r]
-    if unlabelled:
-        shown = ", ".join(unlabelled[:3]) + (f" and {len(unlabelled) - 3} more" if len(unlabelled) > 3 else "")
-        logger.warning(f"{dataset_dir}: {len(unlabelled)} Training subject(s) without a lesion mask left out: {shown}")
-    records = [r for r in records if "label" in r]
-    if len(records) < 2:
-        raise DatasetError(f"{dataset_dir}: {len(records)} labelled Training subject(s); at least 2 are needed.")
+    records = _labelled_atlas_subjects(dataset_dir)
     cohorts = sorted({r["cohort"] for r in records})
     if subset is None:
         training, validation = split_records(records, val_fraction=val_fraction, seed=seed)
@@ -82,14 +100,14 @@ def _atlas_split(
             else "validation: subjects of the single cohort; no test part"
         )
         return {"training": training, "validation": validation, "test": [], "rule": rule}
+    usable = _usable_subsets(len(cohorts), num_subsets)
+    if not 0 <= int(subset) < usable:
+        raise DatasetError(
+            f"{dataset_dir}: subset {subset} asked for, but its {len(cohorts)} cohorts make {usable} "
+            f"subset(s) (0..{usable - 1})."
+        )
     if len(cohorts) >= 4:
-        usable = min(int(num_subsets), len(cohorts) // 2)
         subsets = atlas_subset_splits(records, num_subsets=usable, test_fraction=test_fraction, seed=seed)
-        if not 0 <= int(subset) < usable:
-            raise DatasetError(
-                f"{dataset_dir}: subset {subset} asked for, but its {len(cohorts)} cohorts make {usable} "
-                f"subset(s) (0..{usable - 1})."
-            )
         chosen = subsets[int(subset)]
         rule = f"subset {subset} of {usable} cohort-disjoint subsets"
         if usable < int(num_subsets):
@@ -99,7 +117,7 @@ def _atlas_split(
     # fewer than 4 cohorts: one subset; test cohorts disjoint when there are at least 2
     rest, test = split_records(records, val_fraction=test_fraction, seed=seed)
     training, validation = split_records(rest, val_fraction=val_fraction, seed=seed + 1)
-    rule = f"one subset ({len(cohorts)} cohorts: too few for {num_subsets} subsets); test and validation are " + (
+    rule = f"one subset ({len(cohorts)} cohort(s): too few for {num_subsets} subsets); test and validation are " + (
         "whole cohorts" if len(cohorts) >= 3 else "split by cohort where possible, else by subject"
     )
     return {"training": training, "validation": validation, "test": test, "rule": rule}

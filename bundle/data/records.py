@@ -223,7 +223,8 @@ def write_split_datalist(
     the part is "not specified" (an empty ``"test"`` list would make it fail with an IndexError).
 
     Args:
-        split: ``{"training": [...], "validation": [...], "test": [...]}`` of records.
+        split: ``{"training": [...], "validation": [...], "test": [...]}`` of records, and optionally
+            the ``"rule"`` that made it (:func:`bundle.data.load_split`), written as ``"rule"``.
         path: the JSON file.
         overwrite: replace an existing file.
 
@@ -236,10 +237,12 @@ def write_split_datalist(
     """
     if not isinstance(split, Mapping):
         raise DatasetError(f"split must be a dict of {SPLIT_KEYS}, got {type(split).__name__}.")
-    unknown = sorted(set(split) - set(SPLIT_KEYS))
+    unknown = sorted(set(split) - {*SPLIT_KEYS, "rule"})
     if unknown:
         raise DatasetError(f"split has unknown parts {unknown}; expected {SPLIT_KEYS}.")
     datalist: dict[str, Any] = {"description": "GRCSF bundle data split (training / validation / test)"}
+    if split.get("rule"):
+        datalist["rule"] = str(split["rule"])
     for key in SPLIT_KEYS:
         items = []
         for number, record in enumerate(split.get(key, [])):

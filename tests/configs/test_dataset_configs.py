@@ -1,26 +1,17 @@
-"""The per-data-set configs (configs/datasets/*.json) drive every workflow on their look-alike data.
-
-For ATLAS v2.0, MSD Task06 Lung and orCaScore, at toy scale: the config merged over
-train_mae.json pre-trains an MAE on the data set's lesion-free slices, merged over train.json it
-trains GRCSF with residual maps of that MAE, and merged over inference.json + evaluate.json it
-evaluates the model on the data set's test split (orCaScore with its calcium scores). Also the
-split files of scripts/prepare_dataset.py and the inputs the inference finds (.mhd, DICOM series).
-"""
+"""The per-data-set configs (configs/datasets/*.json): the paper's settings, the inputs inference finds
+(.mhd, DICOM series) and the preprocessing of each domain, on the look-alikes. Every workflow of
+every data-set config runs on a tree in the release's layout in
+tests/integration/test_documented_commands.py (the commands of docs/datasets.md)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.bundle import run as bundle_run
+from monai.bundle import ConfigParser
 
-from bundle.data.atlas import find_atlas_subjects
 from bundle.data.inputs import list_inputs
 from bundle.data.msd_lung import load_msd_lung
 from bundle.data.orcascore import find_orcascore_scans
@@ -98,55 +89,6 @@ def _overrides(dataset: str, data: Path, bundle_root: Path, **extra: Any) -> dic
     return overrides
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
-def test_dataset_config_trains_and_evaluates(dataset: str, look_alikes: dict[str, Path], tmp_path: Path) -> None:
-    config = f"datasets/{dataset}.json"
-    overrides = _overrides(dataset, look_alikes[dataset], tmp_path)
-
-    mae_overrides = _mae_overrides(dataset, look_alikes[dataset], tmp_path)
-    bundle_run(run_id="training", config_file=_config("train_mae.json", config), logging_file=False, **mae_overrides)
-    parser = ConfigParser()
-    parser.read_config(_config("train.json", config))
-    parser.update(overrides)
-    ckpt_dir = Path(parser.get_parsed_content("ckpt_dir"))
-    assert ckpt_dir.is_relative_to(tmp_path) and (ckpt_dir / "mae.pt").is_file()
-
-    workflow = ConfigWorkflow(
-        config_file=_config("train.json", config), workflow_type="train", logging_file=False, **overrides
-    )
-    workflow.initialize()
-    split = workflow.parser.get_parsed_content("dataset_split")
-    train, val = split["training"], split["validation"]
-    assert train and val and not {r["image"] for r in train} & {r["image"] for r in val}
-    workflow.run()
-    workflow.finalize()
-    assert (ckpt_dir / "model.pt").is_file()
-
-    evaluation = ConfigWorkflow(
-        config_file=_config("inference.json", "evaluate.json", config),
-        workflow_type="infer",
-        run_id="evaluating",
-        logging_file=False,
-        **overrides,
-    )
-    evaluation.initialize()
-    test_records = evaluation.parser.get_parsed_content("evaluation_records")
-    assert test_records and not {r["image"] for r in test_records} & {r["image"] for r in train + val}
-    evaluation.run()
-    eval_dir = Path(evaluation.parser.get_parsed_content("output_dir"))
-    summary = json.loads((eval_dir / "summary.json").read_text())
-    assert summary["n_subjects"] == len(test_records) and summary["n_failed"] == 0
-    means = summary["mean_over_subjects"]
-    assert 0.0 <= means["dice"] <= 1.0
-    if dataset == "orcascore":
-        # the calcium scores of the test CT, with its reference Agatston score from the HU image
-        assert {"orcascore_f1_vol", "orcascore_agatston_ref", "orcascore_sens_lesion"} <= set(means)
-        header = (eval_dir / "metrics.csv").read_text().splitlines()[0].split(",")
-        assert "orcascore_f1_vol" in header
-    else:
-        assert "orcascore_f1_vol" not in means
-
-
 def test_dataset_configs_use_the_paper_settings() -> None:
     """docs/method.md §6: loss, input size and schedule per data set."""
     expected = {
@@ -175,41 +117,6 @@ def test_dataset_configs_use_the_paper_settings() -> None:
     scheduler = parser.get_parsed_content("lr_scheduler", lazy=False)
     assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert scheduler.factor == 0.5 and scheduler.patience == 5
-
-
-def test_prepare_dataset_writes_the_splits(look_alikes: dict[str, Path], tmp_path: Path) -> None:
-    script = str(ROOT / "scripts" / "prepare_dataset.py")
-    expected_counts = {
-        "msd_lung": len(load_msd_lung(look_alikes["msd_lung"])),
-        "orcascore": len(find_orcascore_scans(look_alikes["orcascore"])),
-    }
-    for dataset in DATASETS:
-        out = tmp_path / dataset
-        args = [sys.executable, script, dataset, "--root", str(look_alikes[dataset]), "--output", str(out)]
-        if dataset == "atlas":
-            args += ["--num-subsets", "1"]
-        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        written = [Path(p) for p in done.stdout.split()]
-        assert written and all(p.is_file() for p in written)
-        if dataset == "atlas":
-            subset = json.loads((out / "atlas_subset-0.json").read_text())
-            images = [r["image"] for r in subset["training"] + subset["test"]]
-            assert len(images) == len(find_atlas_subjects(look_alikes["atlas"]))
-        else:
-            split = json.loads(written[0].read_text())
-            sizes = [len(split[k]) for k in ("training", "validation", "test")]
-            assert sum(sizes) == expected_counts[dataset] and min(sizes) >= 1
-        # existing files are kept
-        again = subprocess.run(args, capture_output=True, text=True, timeout=120)
-        assert again.returncode == 2 and "exist" in again.stderr
-    bad = subprocess.run(
-        [sys.executable, script, "msd_lung", "--root", str(tmp_path / "missing"), "--output", str(tmp_path / "x")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert bad.returncode == 2 and "missing" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_inference_inputs_mhd_and_dicom_series(look_alikes: dict[str, Path]) -> None:

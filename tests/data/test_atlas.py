@@ -21,19 +21,14 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from bundle.data.atlas import (
-    ATLAS_SPLITS_FILE,
-    atlas_datalist_name,
-    atlas_subset_splits,
-    find_atlas_subjects,
-    write_atlas_datalists,
-)
+from bundle.data.atlas import atlas_subset_splits, find_atlas_subjects
 from bundle.data.synthetic.atlas import (
     ATLAS_IMAGE_SUFFIX,
     ATLAS_LABEL_SUFFIX,
     generate_atlas_like_dataset,
     load_atlas_like_records,
 )
+from bundle.tools import prepare_dataset
 
 
 def _touch_subject(root: Path, cohort: int, number: int, label: bool = True, split: str = "Training") -> Path:
@@ -171,40 +166,46 @@ def test_find_subjects_errors(tmp_path):
         find_atlas_subjects(tmp_path / "misplaced", require_labels=False)
 
 
-def test_write_datalists_load_with_monai(tmp_path):
+def test_prepare_dataset_writes_the_workflows_subsets(tmp_path, capsys):
+    """scripts/prepare_dataset.py writes load_split's subsets: one datalist per subset the cohorts
+    allow, readable by MONAI, cohort-disjoint; a subject without mask (as in the release) is left out."""
     root = tmp_path / "data"
     sizes = [3, 5, 2, 4, 6, 2, 3, 5]
     for cohort, size in enumerate(sizes, start=1):
         for number in range(1, size + 1):
             _touch_subject(root, cohort, number)
+    _touch_subject(root, 9, 1, label=False)  # a Training subject without its mask
     out = tmp_path / "lists"
-    paths = write_atlas_datalists(root, out, num_subsets=2, test_fraction=0.25, seed=5)
-    assert paths == [str(out / atlas_datalist_name(0)), str(out / atlas_datalist_name(1)), str(out / ATLAS_SPLITS_FILE)]
-
+    assert prepare_dataset.main(["atlas", "--root", str(root), "--output", str(out), "--num-subsets", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [f"atlas_subset-{i}.json" for i in range(4)]
+    assert printed.count("cohort-disjoint subsets") == 4
     seen = []
-    for subset, path in enumerate(paths[:2]):
-        raw = json.loads(Path(path).read_text())
-        assert not os.path.isabs(raw["training"][0]["image"])  # relative to the JSON's folder
-        train = load_decathlon_datalist(path, data_list_key="training")
-        test = load_decathlon_datalist(path, data_list_key="test")
-        for record in train + test:
-            assert os.path.isabs(record["image"]) and os.path.isfile(record["image"])
-            assert os.path.isfile(record["label"]) and record["subset"] == subset
-        assert not {r["cohort"] for r in train} & {r["cohort"] for r in test}
-        seen += [r["subject"] for r in train + test]
-    assert sorted(seen) == sorted(r["subject"] for r in find_atlas_subjects(root))
+    for subset in range(4):
+        path = str(out / f"atlas_subset-{subset}.json")
+        parts = {k: load_decathlon_datalist(path, data_list_key=k) for k in ("training", "validation", "test")}
+        for record in parts["training"] + parts["validation"] + parts["test"]:
+            assert os.path.isabs(record["image"]) and os.path.isfile(record["label"])
+        train_cohorts = {r["cohort"] for r in parts["training"] + parts["validation"]}
+        assert train_cohorts and not train_cohorts & {r["cohort"] for r in parts["test"]}
+        assert json.loads(Path(path).read_text())["num_test"] == len(parts["test"])
+        seen += [r["subject"] for part in parts.values() for r in part]
+    assert sorted(seen) == sorted(r["subject"] for r in find_atlas_subjects(root, require_labels=False) if "label" in r)
+    assert "sub-r009s001" not in seen
 
-    summary = json.loads(Path(paths[-1]).read_text())
-    assert summary["seed"] == 5 and summary["num_subjects"] == sum(sizes) and summary["num_cohorts"] == 8
-    assert sum(s["num_train_subjects"] + s["num_test_subjects"] for s in summary["subsets"]) == sum(sizes)
-    assert [s["datalist"] for s in summary["subsets"]] == [atlas_datalist_name(0), atlas_datalist_name(1)]
-
-    before = Path(paths[0]).read_text()
-    with pytest.raises(FileExistsError, match="overwrite"):
-        write_atlas_datalists(root, out, num_subsets=2, test_fraction=0.25, seed=6)
-    assert Path(paths[0]).read_text() == before
-    write_atlas_datalists(root, out, num_subsets=2, test_fraction=0.25, seed=6, overwrite=True)
-    assert json.loads(Path(paths[-1]).read_text())["seed"] == 6
+    # 5 cohorts allow only 2 subsets of the 4 asked; existing files are kept
+    few = tmp_path / "few"
+    for cohort in range(1, 6):
+        for number in (1, 2):
+            _touch_subject(few, cohort, number)
+    assert prepare_dataset.main(["atlas", "--root", str(few), "--output", str(tmp_path / "few-lists")]) == 0
+    assert "fewer than the 4 asked" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "few-lists").iterdir()) == ["atlas_subset-0.json", "atlas_subset-1.json"]
+    before = (out / "atlas_subset-0.json").read_text()
+    assert prepare_dataset.main(["atlas", "--root", str(root), "--output", str(out), "--seed", "6"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "atlas_subset-0.json").read_text() == before
+    assert prepare_dataset.main(["atlas", "--root", str(root), "--output", str(out), "--seed", "6", "--overwrite"]) == 0
+    assert (out / "atlas_subset-0.json").read_text() != before
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]  # atomic writes left nothing behind
 
 
@@ -217,6 +218,3 @@ def test_synthetic_look_alike_is_read_like_atlas(tmp_path):
         (r["subject"], r["cohort"], r["image"], r["label"]) for r in generated
     )
     assert len(load_atlas_like_records(tmp_path / "atlas")) == 4  # the generator's own reader still works
-    paths = write_atlas_datalists(tmp_path / "atlas", tmp_path / "lists", num_subsets=2)
-    train = load_decathlon_datalist(paths[0], data_list_key="training")
-    assert train and all(os.path.isfile(r["image"]) for r in train)
