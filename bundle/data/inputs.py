@@ -128,9 +128,16 @@ def list_inputs(
         )
         files = _without_labels(candidates, path)
         if not files:
+            nested = _nested_images(path, extensions)
+            hint = (
+                f"; {nested} image(s) lie in its subfolders (a folder is not searched recursively): pass a "
+                f'pattern such as "{os.path.join(path, "**", "*" + extensions[0])}"'
+                if nested
+                else ""
+            )
             raise DatasetError(
                 f"{path}: the folder holds no image with an extension in {tuple(extensions)} "
-                "and no DICOM series folder."
+                f"and no DICOM series folder{hint}."
             )
         return files
     if glob.has_magic(path):
@@ -144,6 +151,20 @@ def list_inputs(
             raise FileNotFoundError(f"{path}: no input image matches the pattern.")
         return files
     raise FileNotFoundError(f"{path}: the input does not exist.")
+
+
+def _nested_images(folder: str, extensions: Sequence[str]) -> int:
+    """How many images (not label masks) the subfolders of ``folder`` hold, for the error's hint."""
+    count = 0
+    for parent, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if parent != folder:
+            count += sum(
+                1
+                for n in names
+                if not n.startswith(".") and _is_nifti(n, extensions) and not is_label_path(os.path.join(parent, n))
+            )
+    return count
 
 
 def _without_labels(candidates: Sequence[str], source: str) -> list[str]:

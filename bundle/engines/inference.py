@@ -43,6 +43,7 @@ from bundle.data.checks import residual_map_statistic
 from bundle.data.inputs import NIFTI_EXTENSIONS, is_dicom_series_dir, list_inputs
 from bundle.transforms.io import SavePredictiond
 from bundle.utils.errors import (
+    DatasetError,
     FolderRunError,
     InferenceError,
     InvalidVolumeError,
@@ -230,6 +231,7 @@ class SegmentationRunner:
         """
         single = isinstance(inputs, (str, os.PathLike)) and (os.path.isfile(inputs) or is_dicom_series_dir(inputs))
         files = list_inputs(inputs, self.extensions)
+        self._check_distinct_outputs(files)
         iterator: Any = files
         if not single and self.progress:
             from tqdm.auto import tqdm
@@ -265,6 +267,19 @@ class SegmentationRunner:
                 f"{report['report_path'] or 'no report written'}"
             )
         return report
+
+    def _check_distinct_outputs(self, files: Sequence[str]) -> None:
+        """Two inputs whose outputs would have the same name (``a/image.nii.gz``, ``b/image.nii.gz``)
+        stop the run before any work: the second would replace the first's mask."""
+        writer: dict[str, str] = {}
+        for path in files:
+            for output in self.output_paths(path):
+                if output in writer and writer[output] != path:
+                    raise DatasetError(
+                        f"{writer[output]} and {path} would both be written to {output}: run them into "
+                        "different --output_dir folders, or rename one."
+                    )
+                writer[output] = path
 
     def _run_one(self, path: str, strict: bool) -> dict[str, Any]:
         outputs = self.output_paths(path)

@@ -37,6 +37,7 @@ Other files a user may hand over by mistake are named in the error: the MAE (``m
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -306,10 +307,16 @@ def resolve_model_settings(
         }
         if differing:
             details = "; ".join(
-                f"{name} is {given!r} here but the weights were trained with {trained!r}"
+                f"{name} is {given!r} in the configs / command line but the weights were trained with {trained!r}"
                 for name, (given, trained) in differing.items()
             )
-            raise ConfigError(f"{path}: {details}. Drop that setting or use weights trained with it.")
+            # a data-set config merged over inference.json sets its training values: a model trained
+            # with other values needs them given again (or weights trained with the config's)
+            again = " ".join(
+                f"--{name} {shlex.quote(trained if isinstance(trained, str) else repr(trained))}"
+                for name, (_, trained) in differing.items()
+            )
+            raise ConfigError(f"{path}: {details}. Pass {again}, or use weights trained with those settings.")
     settings.update({k: _plain(v) for k, v in overrides.items() if stored is None or k not in stored})
     settings["source"] = path if stored is not None else ("defaults" if path is None else f"{path} (legacy)")
     return settings
