@@ -3,6 +3,7 @@
 - :mod:`bundle.metrics.segmentation` -- per-subject pixel-wise and lesion-wise metrics
   (Dice, IoU, precision, recall, FPR, VOSE, lesion detection), lesion-size/attribute bins,
   per-subset aggregation and the MONAI cumulative metric :class:`LesionMetrics`.
+- :mod:`bundle.metrics.ranking` -- the exact AUROC (rank-sum) of a score against binary labels.
 - :mod:`bundle.metrics.calcium` -- orCaScore post-processing (130 HU, 6-connectivity),
   Agatston scoring with risk categories and the orCaScore volume/lesion metrics.
 """
@@ -17,6 +18,7 @@ from .calcium import (
     calcium_candidates,
     orcascore_metrics,
 )
+from .ranking import auroc
 from .segmentation import (
     DEFAULT_LESION_SIZE_BINS,
     SEGMENTATION_METRIC_KEYS,
@@ -32,6 +34,7 @@ from .segmentation import (
 )
 
 __all__ = [
+    "auroc",
     "AGATSTON_CATEGORY_NAMES",
     "AgatstonResult",
     "CalciumLesion",

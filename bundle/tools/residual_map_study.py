@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from bundle.data.synthetic.atlas import load_atlas_like_records
+from bundle.metrics.ranking import auroc
 from bundle.networks.mae import load_mae
 from bundle.transforms.brain import brain_preprocessing
 from bundle.transforms.residual_maps import ResidualMapd
@@ -56,45 +57,6 @@ from bundle.utils.io import json_safe
 __all__ = ["auroc", "format_markdown", "load_subjects", "main", "run_study"]
 
 MASKINGS = ("random", "stratified")
-
-
-def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
-    """
-    Exact area under the ROC curve by the rank-sum (Mann-Whitney U) formula.
-
-    ``AUROC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)`` with ``R_pos`` the sum of the ranks
-    (1-based, ascending scores) of the positives; tied scores get the average of their ranks, so a
-    tie between a positive and a negative counts 1/2 (the trapezoidal ROC area).
-
-    Args:
-        scores: one score per sample, higher = more likely positive; finite.
-        labels: one label per sample, nonzero/True = positive.
-
-    Returns:
-        the AUROC in [0, 1].
-
-    Raises:
-        ValueError: shapes differ, non-finite scores, or only one class present.
-    """
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel().astype(bool)
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels must have the same number of elements, got {s.size} and {y.size}.")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("scores must be finite.")
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUROC needs both classes, got {n_pos} positives and {n_neg} negatives.")
-    order = np.argsort(s, kind="mergesort")
-    sorted_scores = s[order]
-    # average 1-based rank of every group of tied scores
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    group_ranks = first + (counts + 1) / 2.0
-    ranks = np.empty(s.size, dtype=np.float64)
-    ranks[order] = np.repeat(group_ranks, counts)
-    rank_sum = float(ranks[y].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (float(n_pos) * float(n_neg))
 
 
 def load_subjects(data_dir: str | os.PathLike, max_subjects: int | None = None) -> list[dict[str, Any]]:
