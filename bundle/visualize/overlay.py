@@ -99,7 +99,9 @@ class OverlaySlices:
         affine: np.ndarray,
         title: str,
     ) -> OverlaySlices:
-        """Cut the axial slice with the most lesion out of volumes in one grid.
+        """Cut the axial slice with the most lesion out of volumes in one grid, shown in RAS
+        orientation whatever the grid's (patient's right on the right, anterior at the top), so that
+        an LPS scan (NRRD, DICOM) looks like a RAS one.
 
         Args:
             image: (X, Y, Z).
@@ -107,19 +109,30 @@ class OverlaySlices:
             pred: (X, Y, Z) binary.
             residual_maps: (R, X, Y, Z).
             residual_names: R titles.
-            affine: the grid's 4x4 voxel-to-world affine (it tells which axis is axial).
-            title: figure title; the slice index is appended.
+            affine: the grid's 4x4 voxel-to-world affine (it tells how to reach RAS).
+            title: figure title; the slice index (of the grid's own axial axis) is appended.
         """
         axis = axial_axis(affine)
+        to_ras = nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64)),
+            nib.orientations.axcodes2ornt(("R", "A", "S")),
+        )
+
+        def ras(volume: np.ndarray) -> np.ndarray:
+            return nib.orientations.apply_orientation(np.asarray(volume), to_ras)
+
         index = lesion_slice_index(truth, pred, axis)
+        # the same slice in RAS: its index along S counts from the other end when the grid runs I
+        ras_index = index if to_ras[axis, 1] > 0 else truth.shape[axis] - 1 - index
+        maps = np.asarray(residual_maps)
         return cls(
-            image=take_slice(image, axis, index),
-            truth=take_slice(truth, axis, index),
-            pred=take_slice(pred, axis, index),
+            image=take_slice(ras(image), 2, ras_index),
+            truth=take_slice(ras(truth), 2, ras_index),
+            pred=take_slice(ras(pred), 2, ras_index),
             residual_maps=(
-                np.stack([take_slice(rm, axis, index) for rm in np.asarray(residual_maps)])
-                if len(residual_maps)
-                else np.zeros((0, *take_slice(image, axis, index).shape), dtype=np.float32)
+                np.stack([take_slice(ras(rm), 2, ras_index) for rm in maps])
+                if len(maps)
+                else np.zeros((0, *take_slice(ras(image), 2, ras_index).shape), dtype=np.float32)
             ),
             residual_names=residual_names,
             title=f"{title} (slice {index} of axis {axis})",
