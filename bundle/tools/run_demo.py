@@ -12,8 +12,10 @@ Steps (each a MONAI bundle command, printed before it runs so you can rerun it b
    ``evaluate.json``) and print the evaluation summary.
 
 Every output of a run goes into a new folder ``outputs/demo-<UTC time>/`` (models, logs, PNGs,
-predictions, metrics): nothing from an earlier run is overwritten, and ``models/`` of the
-bundle is left alone.
+predictions, metrics): nothing from an earlier run is overwritten. When the bundle's own
+``models/`` holds no weights yet, the run's ``mae.pt`` and ``model.pt`` are copied there, so that the
+README's inference command works right after the demo; weights already in ``models/`` are never
+replaced.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -47,6 +50,27 @@ def _run(cmd: list[str], log: list[dict]) -> None:
 def _config(*names: str) -> str:
     """The ``--config_file`` value MONAI merges left to right."""
     return "[" + ",".join(f"'configs/{n}.json'" for n in names) + "]"
+
+
+WEIGHT_FILES = ("mae.pt", "model.pt")
+
+
+def install_weights(trained_dir: Path, models_dir: Path) -> list[Path]:
+    """Copy the demo's weights into the bundle's ``models/`` when it holds none of them.
+
+    Both files or neither: a GRCSF ``model.pt`` needs the ``mae.pt`` it was trained with. Returns
+    the files written (empty when ``models_dir`` already had weights, which are never replaced).
+    """
+    if any((models_dir / name).exists() for name in WEIGHT_FILES):
+        return []
+    models_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in WEIGHT_FILES:
+        tmp = models_dir / f".{name}.partial"
+        shutil.copyfile(trained_dir / name, tmp)
+        tmp.replace(models_dir / name)  # atomic: an interrupted copy never looks like weights
+        written.append(models_dir / name)
+    return written
 
 
 def _summarise_data(dataset_dir: Path) -> None:
@@ -159,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("dice", "iou", "precision", "recall", "fpr", "vose", "lesion_f1"):
         if key in mean:
             print(f"{key:>12}: {mean[key]:.4f}")
+    installed = install_weights(BUNDLE_ROOT / out / "models", BUNDLE_ROOT / "models")
+    if installed:
+        print(f"\nWeights copied into models/ for the README's inference command: {', '.join(p.name for p in installed)}")
+    else:
+        print("\nmodels/ already holds weights: left as it is (this run's weights are in its models/ folder)")
     print(f"\nAll outputs: {out}/ (models/, mae/ and train/ logs and PNGs, eval/ metrics.csv, summary.json, overlays)")
     print(f"Total time: {total:.0f} s; steps: " + ", ".join(f"{s['seconds']:.0f} s" for s in log))
     (BUNDLE_ROOT / out / "demo_run.json").write_text(
