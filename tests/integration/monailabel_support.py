@@ -12,15 +12,31 @@
 
 - :func:`ensure_venv` builds (once) and returns the virtual environment of
   ``requirements-monailabel.txt``: a cache folder ``~/.cache/grcsf-bundle/monailabel-venv-<hash>``
-  named by the hash of the requirements and the Python version, built under a file lock so that
-  concurrent runs wait for one build, and marked complete only at the end (an interrupted build is
-  removed and redone). ``GRCSF_CACHE_DIR`` moves the cache.
+  (about 2.3 GB; outside pytest's temporary folders, so that it is built once per machine) named
+  by the hash of the requirements, the Python version and :data:`BUILD_VERSION`, built under a
+  file lock so that concurrent runs wait for one build, and marked complete only at the end (an
+  interrupted build is removed and redone). ``GRCSF_CACHE_DIR`` moves the cache.
 - :func:`download_sample_app` copies the ``monaibundle`` sample app out of the installed
   ``monailabel`` package with its own CLI (``monailabel apps --download``); nothing is fetched.
 - :class:`MonaiLabelServer` starts ``monailabel start_server`` on 127.0.0.1 in its own process
   group, waits for ``/info/`` with a deadline and stops the whole group.
 
-Run as a script it builds the environment and prints its path (``python tests/integration/monailabel_support.py``).
+**The torchvision stand-in.** The lock installs the CPU build of torch and no torchvision:
+PyPI's torchvision wheels link the CUDA libraries of the CUDA torch build (``libtorch_cuda.so``),
+so beside a CPU torch ``import torchvision`` fails (``operator torchvision::nms does not exist``).
+monailabel 0.8.5 imports ``from torchvision.utils import make_grid, save_image`` at module level
+in ``monailabel/transform/post.py``, only for ``DumpImagePrediction2Dd``, a debugging transform of
+the pathology apps; the ``monaibundle`` app imports that module (through
+``monailabel.tasks.infer.bundle``), so without any ``torchvision`` the server does not start.
+After the install, :func:`write_torchvision_stand_in` writes a two-file package ``torchvision``
+into the environment: ``__version__ = "0.0.0"`` (MONAI's ``optional_import`` with a minimum
+version treats it as absent) and ``utils.make_grid`` / ``utils.save_image`` that raise
+``NotImplementedError`` if anything ever calls them. Nothing on the bundle's paths does (server
+start, /infer, /train, /datastore, /scoring). The stand-in is no part of the requirements hash;
+:data:`BUILD_VERSION` is, so changing it rebuilds cached environments.
+
+Run as a script it builds the environment and prints its path, versions, build time and size
+(``python tests/integration/monailabel_support.py``).
 """
 
 from __future__ import annotations
@@ -43,7 +59,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "requirements-monailabel.txt"
 #: bump when the build steps change, so that cached environments are rebuilt
-BUILD_VERSION = "1"
+#: (2: the lean CPU lock and the torchvision stand-in)
+BUILD_VERSION = "2"
 DEFAULT_CACHE_DIR = Path(os.environ.get("GRCSF_CACHE_DIR", Path.home() / ".cache" / "grcsf-bundle"))
 COMPLETE_MARKER = ".grcsf-venv-complete.json"
 
@@ -58,6 +75,55 @@ def _tail(path: Path, chars: int = 4000) -> str:
     except OSError:
         return f"(no log at {path})"
     return text[-chars:]
+
+
+#: the two files of the torchvision stand-in (see the module docstring)
+TORCHVISION_STAND_IN = {
+    "__init__.py": (
+        '"""Stand-in for torchvision in the CPU-only MONAI Label environment of the GRCSF bundle tests.\n\n'
+        "Not the real package: written by tests/integration/monailabel_support.py because PyPI's torchvision\n"
+        "needs the CUDA build of torch, and monailabel.transform.post imports torchvision.utils at module\n"
+        "level. Version 0.0.0: MONAI's optional_import(torchvision, min_version) treats it as absent.\n"
+        '"""\n\n__version__ = "0.0.0"\n'
+    ),
+    "utils.py": (
+        '"""make_grid and save_image for monailabel.transform.post; they raise if called."""\n\n\n'
+        "def _unavailable(*args, **kwargs):\n"
+        '    raise NotImplementedError("torchvision is not installed in this environment (a stand-in module)")\n\n\n'
+        "make_grid = _unavailable\nsave_image = _unavailable\n"
+    ),
+}
+
+
+def write_torchvision_stand_in(python: Path, log: Path, deadline: float, env: dict[str, str]) -> Path:
+    """Write :data:`TORCHVISION_STAND_IN` into the site-packages of the environment of ``python``."""
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    remaining = max(1.0, deadline - time.monotonic())
+    result = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, timeout=remaining, env=env, check=False
+    )
+    if result.returncode != 0:
+        raise MonaiLabelSetupError(f"site-packages of {python}: {result.stderr[-2000:]}")
+    package = Path(result.stdout.strip()) / "torchvision"
+    if package.exists():
+        raise MonaiLabelSetupError(f"{package} exists: the lock must not install torchvision (see its header)")
+    package.mkdir()
+    for name, text in TORCHVISION_STAND_IN.items():
+        (package / name).write_text(text)
+    with open(log, "a") as out:
+        out.write(f"\nwrote the torchvision stand-in {package}\n")
+    return package
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (links not followed), as ``du`` counts them roughly."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            file = Path(root) / name
+            if not file.is_symlink():
+                total += file.stat().st_size
+    return total
 
 
 def venv_key(requirements: Path = REQUIREMENTS) -> str:
@@ -110,8 +176,9 @@ def ensure_venv(
     """The MONAI Label virtual environment of ``requirements``, built on first use.
 
     Build: ``python -m venv``, then ``pip install --no-deps -r requirements`` (a complete lock:
-    nothing else is resolved, so no other torch is pulled in), then an import check of
-    monailabel, monai, torch and torchvision.
+    nothing else is resolved, so no other torch is pulled in), then the torchvision stand-in
+    (module docstring), then an import check of monailabel's server-side bundle tasks, monai and
+    torch. The completion marker records the versions, the build time and the size.
 
     Returns:
         the environment folder (``bin/python``, ``bin/monailabel``).
@@ -155,16 +222,18 @@ def ensure_venv(
             "pip install -r requirements-monailabel.txt",
             env,
         )
+        write_torchvision_stand_in(Path(python), log, deadline, env)
         check = (
             "import json, monai, monailabel, numpy, torch, torchvision; "
+            "import monailabel.tasks.infer.bundle, monailabel.tasks.train.bundle, monailabel.tasks.scoring.epistemic_v2; "
             "print(json.dumps({'monailabel': monailabel.__version__, 'monai': monai.__version__, "
             "'torch': torch.__version__, 'torchvision': torchvision.__version__, 'numpy': numpy.__version__}))"
         )
         _run_logged([python, "-c", check], log, deadline, "import check", env)
         versions = json.loads(log.read_text().strip().splitlines()[-1])
-        marker.write_text(
-            json.dumps({**versions, "build_seconds": round(time.monotonic() - start, 1), "key": key}) + "\n"
-        )
+        seconds = round(time.monotonic() - start, 1)
+        size_gb = round(folder_size(venv) / 1e9, 2)
+        marker.write_text(json.dumps({**versions, "build_seconds": seconds, "size_gb": size_gb, "key": key}) + "\n")
     return venv
 
 
