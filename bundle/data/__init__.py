@@ -9,7 +9,14 @@ from .atlas import (
     find_atlas_subjects,
     write_atlas_datalists,
 )
-from .cache import DiskCachedTransform, PackMetaTensors, transform_fingerprint, unpack_meta_tensors
+from .cache import (
+    DiskCachedTransform,
+    PackMetaTensors,
+    content_digest,
+    record_fingerprint,
+    transform_fingerprint,
+    unpack_meta_tensors,
+)
 from .checks import (
     AIR_RANGE_HU,
     hounsfield_problem,
