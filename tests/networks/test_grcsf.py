@@ -433,3 +433,14 @@ def test_rcu_attention_trains_on_metatensors() -> None:
     plain = mixed_patch_attention(queries.as_tensor(), keys.as_tensor(), values.as_tensor(), coefficients)
     assert out.shape == (3, 5, 4) and torch.allclose(out, plain)
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+def test_monai_label_epistemic_dropout_is_refused() -> None:
+    """MONAI Label's epistemic scoring sets network_def#dropout; the bundle does not offer it (docs/monailabel.md)."""
+    from bundle.networks import MODEL_SETTING_DEFAULTS, grcsf_from_settings
+    from bundle.utils.errors import ConfigError
+
+    settings = {**MODEL_SETTING_DEFAULTS, "network_preset": "small"}
+    assert isinstance(grcsf_from_settings(settings), GRCSF)  # without dropout: the network
+    with pytest.raises(ConfigError, match=r"epistemic scoring .*not supported.*wrong axes.*docs/monailabel.md"):
+        grcsf_from_settings(settings, dropout=0.2)
