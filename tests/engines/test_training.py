@@ -579,3 +579,26 @@ def test_disk_cache_leaves_the_global_rng_alone(tmp_path: Path) -> None:
         after = torch.rand(1)
         torch.manual_seed(0)
         assert torch.equal(after, torch.rand(1))
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    """A log file or MONAI Label's task output gets no progress-bar redraws (its last 20 lines are /train's details)."""
+    import io
+
+    from bundle.handlers.progress import ProgressBarHandler
+
+    class _Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    counts = {}
+    for name, stream, enabled in (
+        ("terminal", _Terminal(), True),
+        ("pipe", io.StringIO(), True),
+        ("off", _Terminal(), "false"),
+    ):
+        engine = Engine(lambda e, b: 0.0)
+        before = sum(len(h) for h in engine._event_handlers.values())
+        ProgressBarHandler(enabled=enabled, stream=stream).attach(engine)
+        counts[name] = sum(len(h) for h in engine._event_handlers.values()) - before
+    assert counts["terminal"] > 0 and counts["pipe"] == 0 and counts["off"] == 0, counts
