@@ -22,9 +22,12 @@ folder is self-contained). Optionally:
 - ``--zip``: also write ``<output_dir>/<name>.zip`` holding ``<name>/...``, the archive layout
   ``python -m monai.bundle download --url ...`` unpacks.
 
-``large_files.yml`` of the export gets the md5 of every weight file that is exported (the zoo
-checks downloads against it); the repository's copy stays without hashes until weights are
-released.
+``large_files.yml`` lists the released weight files, each with its ``url`` and md5 (the zoo's CI
+and ``monai.bundle download_large_files`` download and check them); none are released yet, so
+the repository's list is empty. The export adds every weight file it copies, with its md5 and,
+when the repository lists none, an empty ``url``: the file is in the folder, so nothing is
+downloaded (MONAI skips an existing file after checking its hash). An entry without a url whose
+file is absent would make those downloaders fail, so the export never writes one.
 
 ``verify BUNDLE_DIR`` recomputes the hashes of the files that ``large_files.yml`` lists, compares
 them with the recorded ones and checks each file's format (network state dict, MAE checkpoint,
@@ -91,8 +94,8 @@ def read_large_files(path: str | os.PathLike) -> list[dict[str, str]]:
     except yaml.YAMLError as e:
         raise ValueError(f"{path} is not valid YAML: {e}") from e
     entries = content.get("large_files") if isinstance(content, Mapping) else None
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: expected a non-empty 'large_files' list.")
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a 'large_files' list (empty when no weights are released).")
     required = ("path", "url", "hash_val", "hash_type")
     for i, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
@@ -104,12 +107,12 @@ def read_large_files(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def format_large_files(entries: Sequence[Mapping[str, str]]) -> str:
-    """large_files.yml text in the zoo's layout (every value a quoted string)."""
+    """large_files.yml text in the zoo's layout (every value a quoted string; ``[]`` for none)."""
     lines = [
         "# Weights of the bundle, downloaded and checked by MONAI's bundle tools (the zoo format).",
-        "# hash_val: the md5 of the released file; scripts/export_bundle.py fills it in on export",
-        "# and `python scripts/export_bundle.py verify <bundle>` recomputes and checks it.",
-        "large_files:",
+        "# hash_val: the md5 of the file; an empty url marks a file shipped in this folder (exported by",
+        "# scripts/export_bundle.py); `python scripts/export_bundle.py verify <bundle>` checks them.",
+        "large_files:" if entries else "large_files: []",
     ]
     for entry in entries:
         lines.append(f"  - path: {json.dumps(entry['path'])}")
@@ -175,7 +178,11 @@ def verify_bundle(bundle_dir: str | os.PathLike, require_files: bool = False) ->
         path = root / entry["path"]
         report: dict[str, Any] = {"path": entry["path"], "hash_val": None}
         if not path.is_file():
-            report.update(status="error" if require_files else "missing", detail=f"{path} does not exist")
+            if not entry["url"]:  # nothing to download it from: the zoo's CI and MONAI's downloader fail
+                report.update(status="error", detail=f"{path} does not exist and large_files.yml gives no url")
+            else:
+                status = "error" if require_files else "missing"
+                report.update(status=status, detail=f"{path} does not exist (url {entry['url']})")
             reports.append(report)
             continue
         try:
@@ -291,21 +298,24 @@ def export_bundle(
             merged = merged_config(configs / target_config, overrides)
             (build / "configs" / target_config).write_text(json.dumps(merged, indent=4) + "\n")
 
-        entries = (
-            read_large_files(source / "large_files.yml")
-            if (source / "large_files.yml").is_file()
-            else [{"path": p, "url": "", "hash_val": "", "hash_type": HASH_TYPE} for p in LARGE_FILES]
-        )
+        # the released files (with urls), then every weight file exported, with its md5
+        released = read_large_files(source / "large_files.yml") if (source / "large_files.yml").is_file() else []
+        listed = {entry["path"] for entry in released}
+        entries = released + [
+            {"path": p, "url": "", "hash_val": "", "hash_type": HASH_TYPE} for p in LARGE_FILES if p not in listed
+        ]
         (build / "models").mkdir()
+        kept = []
         for entry in entries:
             weight = models / Path(entry["path"]).name
             if weight.is_file():
                 shutil.copy2(weight, build / entry["path"])
                 entry["hash_type"] = entry["hash_type"] or HASH_TYPE
                 entry["hash_val"] = file_hash(build / entry["path"], entry["hash_type"])
-            else:
-                entry["hash_val"] = ""  # not exported: no hash to promise
-        (build / "large_files.yml").write_text(format_large_files(entries))
+            elif not entry["url"]:
+                continue  # neither exported nor downloadable: not listed
+            kept.append(entry)
+        (build / "large_files.yml").write_text(format_large_files(kept))
 
         if make_zip:
             tmp_zip = staging / f"{name}.zip"
@@ -358,13 +368,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overwrite=args.overwrite,
             )
             print(f"exported {target}" + (f" and {target}.zip" if args.zip else ""))
-            for entry in read_large_files(target / "large_files.yml"):
-                print(f"  {entry['path']:<18} {entry['hash_type']} {entry['hash_val'] or '(not exported)'}")
+            entries = read_large_files(target / "large_files.yml")
+            for entry in entries:
+                print(
+                    f"  {entry['path']:<18} {entry['hash_type']} {entry['hash_val']} {entry['url'] or '(in the folder)'}"
+                )
+            if not entries:
+                print("  no weight files (large_files.yml lists none)")
             return 0
         reports = verify_bundle(args.bundle_dir, require_files=args.require_files)
     except (OSError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if not reports:
+        print("large_files.yml lists no files: no weights are released")
     for report in reports:
         print(f"{report['status']:<8} {report['path']:<18} {report['detail']}")
     return 1 if any(r["status"] == "error" for r in reports) else 0
