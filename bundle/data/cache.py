@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from bundle.utils.io import file_digest
 from monai.data import MetaTensor, PersistentDataset
 from monai.transforms import Compose, Transform
-
-from bundle.utils.io import file_digest
 
 __all__ = [
     "DiskCachedTransform",

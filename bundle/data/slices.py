@@ -34,13 +34,12 @@ from typing import Any, NoReturn
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
-from monai.transforms import Compose, Randomizable, Transform, apply_transform
-from torch.utils.data import Dataset as TorchDataset
-
 from bundle.utils.errors import find_volume_error
 from bundle.utils.flags import as_flag
 from bundle.utils.geometry import voxel_spacing
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.transforms import Compose, Randomizable, Transform, apply_transform
+from torch.utils.data import Dataset as TorchDataset
 
 from .cache import PackMetaTensors, record_fingerprint, transform_fingerprint, unpack_meta_tensors
 from .checks import residual_map_statistic, summarise_residual_statistics

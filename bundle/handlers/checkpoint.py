@@ -25,12 +25,11 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from bundle.networks.checkpoint import load_network_weights
+from bundle.utils.flags import as_flag
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
-
-from bundle.networks.checkpoint import load_network_weights
-from bundle.utils.flags import as_flag
 
 DiskSaver, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "DiskSaver")
 if TYPE_CHECKING:

@@ -16,9 +16,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
-from monai.utils import IgniteInfo, min_version, optional_import
-
 from bundle.utils.flags import as_flag
+from monai.utils import IgniteInfo, min_version, optional_import
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

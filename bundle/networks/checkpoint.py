@@ -41,10 +41,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
-
 from bundle.utils.errors import CheckpointError, ConfigError, describe_error
 from bundle.utils.io import file_digest
+from torch import nn
 
 __all__ = [
     "ARCHITECTURE_CHANGES",

@@ -18,11 +18,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from bundle.utils.errors import ConfigError
 from monai.networks.layers.factories import Conv
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from monai.utils import ensure_tuple_rep
-
-from bundle.utils.errors import ConfigError
 
 from .compensation import GlobalCompensationUnit, RegionalCompensationUnit
 

@@ -52,7 +52,6 @@ def _config(*names: str) -> str:
 def _summarise_data(dataset_dir: Path) -> None:
     """Load every demo subject back through the bundle's preprocessing and print a table."""
     import numpy as np
-
     from bundle.data.synthetic.atlas import load_atlas_like_records
     from bundle.transforms.brain import brain_preprocessing
 

@@ -25,13 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import LoadImaged, MapTransform, SaveImaged
-
 from bundle.data.inputs import prediction_path
 from bundle.data.writers import AtomicNibabelWriter, PredictionLayout
 from bundle.utils.errors import InvalidVolumeError, source_of
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImaged, MapTransform, SaveImaged
 
 __all__ = ["LoadVolumed", "SavePredictiond", "ValidateVolumed"]
 

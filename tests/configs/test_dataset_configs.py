@@ -17,15 +17,14 @@ from typing import Any
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.bundle import run as bundle_run
-
 from bundle.data.atlas import find_atlas_subjects
 from bundle.data.inputs import list_inputs
 from bundle.data.msd_lung import load_msd_lung
 from bundle.data.orcascore import find_orcascore_scans
 from bundle.data.synthetic.atlas import generate_atlas_like_dataset
 from bundle.data.synthetic.ct import generate_msd_lung_like, generate_orcascore_like
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import run as bundle_run
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"

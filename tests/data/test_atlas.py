@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monai.data import load_decathlon_datalist
-
 from bundle.data.atlas import (
     ATLAS_SPLITS_FILE,
     atlas_datalist_name,
@@ -34,6 +32,7 @@ from bundle.data.synthetic.atlas import (
     generate_atlas_like_dataset,
     load_atlas_like_records,
 )
+from monai.data import load_decathlon_datalist
 
 
 def _touch_subject(root: Path, cohort: int, number: int, label: bool = True, split: str = "Training") -> Path:

@@ -13,10 +13,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import Compose, LoadImaged, Transform
-
 from bundle.data.cache import DiskCachedTransform, content_digest, record_fingerprint
 from bundle.data.slices import VolumeSliceDataset
+from monai.transforms import Compose, LoadImaged, Transform
 
 
 class _ReadBytes(Transform):

@@ -9,13 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import DataLoader, MetaTensor
-from monai.transforms import Compose, RandFlipd
-from torch.utils.data import WeightedRandomSampler
-
 from bundle.data.slices import VolumeSliceDataset, slice_sampling_weights
 from bundle.transforms.brain import brain_preprocessing
 from bundle.utils.errors import InvalidVolumeError, find_volume_error
+from monai.data import DataLoader, MetaTensor
+from monai.transforms import Compose, RandFlipd
+from torch.utils.data import WeightedRandomSampler
 
 SHAPE = (12, 10, 9)  # X, Y, Z; slices along Z (axis -1)
 LESION_SLICES = (2, 5, 6)

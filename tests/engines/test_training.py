@@ -20,11 +20,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.losses import DiceFocalLoss, FocalLoss
-from monai.transforms import Compose, Transform
-
 from bundle.data.cache import DiskCachedTransform
 from bundle.data.records import check_records, split_records
 from bundle.data.slices import num_slices_per_epoch
@@ -36,6 +31,10 @@ from bundle.losses import build_loss
 from bundle.networks.mae import mae_preset, save_mae
 from bundle.optimizers import WarmupCosineLR
 from bundle.utils.errors import InvalidVolumeError
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.losses import DiceFocalLoss, FocalLoss
+from monai.transforms import Compose, Transform
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "demo.json")]

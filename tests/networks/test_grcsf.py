@@ -5,9 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
-from torch.utils.flop_counter import FlopCounterMode
-
 from bundle.networks import compensation
 from bundle.networks.compensation import (
     GlobalCompensationUnit,
@@ -17,6 +14,8 @@ from bundle.networks.compensation import (
     unpatchify,
 )
 from bundle.networks.grcsf import GRCSF, GRCSF_PRESETS, grcsf_preset
+from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
+from torch.utils.flop_counter import FlopCounterMode
 
 BACKBONES = ("unetplusplus", "unet")
 SMALL = GRCSF_PRESETS["small"]["features"]
@@ -418,9 +417,8 @@ def test_paper_preset_size_matches_the_paper():
 
 def test_rcu_attention_trains_on_metatensors() -> None:
     """Training batches are MONAI MetaTensors: the chunked RCU attention must run forward and backward on them."""
-    from monai.data import MetaTensor
-
     from bundle.networks.compensation import mixed_patch_attention
+    from monai.data import MetaTensor
 
     torch.manual_seed(0)
     leaf = torch.randn(3, 8, 4, dtype=torch.float64, requires_grad=True)

@@ -12,9 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from monai.bundle import ConfigParser
-
 from bundle.utils import PACKAGE_DIR, PackageConflictError, check_package_origin, models_dir, package_digest
+from monai.bundle import ConfigParser
 
 ROOT = Path(__file__).resolve().parents[2]
 
