@@ -704,3 +704,30 @@ def test_model_card_follows_the_zoo_sections() -> None:
         assert command in card, command
     assert (ROOT / "docs" / "data_license.txt").read_text().strip()
     assert "Apache License" in (ROOT / "LICENSE").read_text()
+
+
+def test_zoo_subcommand_prepares_a_zoo_checkout(tmp_path: Path) -> None:
+    """``export_bundle.py zoo``: the bundle without weights in models/<name>, the unit tests in ci/unit_tests,
+    in a folder laid out as Project-MONAI/model-zoo (the real checkout's checks: docs/README.md)."""
+    zoo = tmp_path / "model-zoo"
+    (zoo / "ci" / "unit_tests").mkdir(parents=True)
+    (zoo / "models").mkdir()
+    (zoo / "ci" / "verify_bundle.py").write_text("# the zoo's script\n")
+    script = [sys.executable, str(ROOT / "scripts" / "export_bundle.py"), "zoo", str(zoo)]
+    result = subprocess.run(script, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    bundle = zoo / "models" / BUNDLE_NAME
+    assert (bundle / "configs" / "metadata.json").is_file() and (bundle / "bundle" / "__init__.py").is_file()
+    assert not list((bundle / "models").iterdir())  # no weights: none are released
+    assert export_bundle.read_large_files(bundle / "large_files.yml") == []
+    for name in export_bundle.ZOO_UNIT_TESTS:
+        assert (zoo / "ci" / "unit_tests" / name).read_bytes() == (
+            ROOT / "zoo" / "ci" / "unit_tests" / name
+        ).read_bytes()
+    for exclusion in ("exclude_verify_preferred_files_list", "exclude_verify_torchscript_list"):
+        assert exclusion in result.stdout
+    # nothing is overwritten without asking, and a folder that is not the zoo is refused
+    again = subprocess.run(script, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 1 and "exists" in again.stderr
+    elsewhere = subprocess.run([*script[:-1], str(tmp_path / "nowhere")], capture_output=True, text=True, check=False)
+    assert elsewhere.returncode == 1 and "not a checkout of Project-MONAI/model-zoo" in elsewhere.stderr
