@@ -242,11 +242,19 @@ def venv_info(venv: Path) -> dict[str, Any]:
     return json.loads((venv / COMPLETE_MARKER).read_text())
 
 
-def venv_env(venv: Path) -> dict[str, str]:
-    """Environment variables of a process run "inside" the activated venv (no PYTHONPATH leaks in)."""
+def venv_env(venv: Path, threads: int | None = None) -> dict[str, str]:
+    """Environment variables of a process run "inside" the activated venv (no PYTHONPATH leaks in).
+
+    ``threads``: the CPU threads of torch (``OMP_NUM_THREADS``), None for torch's choice (one per
+    core). On a machine shared with other jobs one thread is the predictable choice: OpenMP threads
+    that wait for a busy core spin, and the test measured a network's forward pass 8 times slower
+    with 2 threads than with 1 on a 2-core machine with one core taken.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["VIRTUAL_ENV"] = str(venv)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
     return env
 
 
@@ -294,6 +302,142 @@ def http_post(url: str, timeout_s: float) -> tuple[bytes, str]:
         raise MonaiLabelSetupError(f"POST {url}: HTTP {e.code}: {e.read()[:2000]!r}") from e
 
 
+def _summary(body: bytes, content_type: str) -> Any:
+    """What a response body is, for the transcript: its JSON, or its size and type."""
+    if "json" in content_type:
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError:
+            pass
+    return f"<{len(body)} bytes, {content_type or 'no content type'}>"
+
+
+class MonaiLabelClient:
+    """HTTP calls to a MONAI Label server, each recorded (request and response) in :attr:`transcript`.
+
+    Args:
+        url: the server, e.g. ``http://127.0.0.1:8000``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.transcript: list[dict[str, Any]] = []
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        timeout_s: float,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        shown_body: Any = None,
+        note: str = "",
+    ) -> tuple[int, bytes, str]:
+        """One request; returns (HTTP status, body, content type). Error statuses are returned, not raised."""
+        headers = {"Content-Type": content_type} if content_type else {}
+        request = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=headers)
+        start = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                status, data, kind = response.status, response.read(), response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            status, data, kind = e.code, e.read(), e.headers.get("Content-Type", "")
+        self.transcript.append(
+            {
+                "request": f"{method} {path}",
+                "body": shown_body,
+                "status": status,
+                "response": _summary(data, kind),
+                "seconds": round(time.monotonic() - start, 1),
+                "note": note,
+            }
+        )
+        return status, data, kind
+
+    def annotate(self, text: str) -> None:
+        """Add ``text`` to the note of the last recorded call (what the test found in its response)."""
+        last = self.transcript[-1]
+        last["note"] = f"{last['note']}\n\n{text}".strip()
+
+    def get_json(self, path: str, timeout_s: float = 30.0, note: str = "") -> Any:
+        status, data, _ = self.call("GET", path, timeout_s, note=note)
+        if status != 200:
+            raise MonaiLabelSetupError(f"GET {path}: HTTP {status}: {data[:2000]!r}")
+        return json.loads(data)
+
+    def post_json(self, path: str, payload: dict[str, Any] | None, timeout_s: float = 60.0, note: str = "") -> Any:
+        """POST a JSON body (MONAI Label's ``params`` of /train and /scoring); returns the JSON answer."""
+        body = json.dumps(payload or {}).encode("utf-8")
+        status, data, _ = self.call("POST", path, timeout_s, body, "application/json", payload, note)
+        if status != 200:
+            raise MonaiLabelSetupError(f"POST {path}: HTTP {status}: {data[:2000]!r}")
+        return json.loads(data)
+
+    def infer(self, model: str, image_id: str, timeout_s: float = 600.0, note: str = "") -> bytes:
+        """``POST /infer/<model>?image=<id>&output=image``: the label volume (gzipped NIfTI bytes)."""
+        path = f"/infer/{model}?image={image_id}&output=image"
+        status, data, kind = self.call("POST", path, timeout_s, b"", "application/x-www-form-urlencoded", note=note)
+        if status != 200 or data[:2] != b"\x1f\x8b":
+            raise MonaiLabelSetupError(f"POST {path}: HTTP {status} ({kind}): {data[:2000]!r}")
+        return data
+
+    def put_label(self, image_id: str, label: Path, tag: str = "final", timeout_s: float = 60.0, note: str = "") -> Any:
+        """``PUT /datastore/label?image=<id>&tag=<tag>`` with the file as multipart ``label`` (Submit Label)."""
+        boundary = f"grcsf-{os.getpid()}-{time.monotonic_ns()}"
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n'.encode(),
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="{label.name}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + label.read_bytes()
+            + b"\r\n",
+            f"--{boundary}--\r\n".encode(),
+        ]
+        path = f"/datastore/label?image={image_id}&tag={tag}"
+        shown = {"params": "{}", "label": f"<{label.name}, {label.stat().st_size} bytes>"}
+        status, data, _ = self.call(
+            "PUT", path, timeout_s, b"".join(parts), f"multipart/form-data; boundary={boundary}", shown, note
+        )
+        if status != 200:
+            raise MonaiLabelSetupError(f"PUT {path}: HTTP {status}: {data[:2000]!r}")
+        return json.loads(data)
+
+    def wait_task(self, kind: str, timeout_s: float, poll_s: float = 3.0) -> dict[str, Any]:
+        """Poll ``GET /<kind>/`` (train, scoring) until the latest task ends; returns it (DONE or ERROR).
+
+        Only the last poll is kept in the transcript.
+        """
+        deadline = time.monotonic() + timeout_s
+        polls = 0
+        while True:
+            status, data, _ = self.call("GET", f"/{kind}/", 30.0)
+            polls += 1
+            task = json.loads(data) if status == 200 else {}
+            done = task.get("status") in ("DONE", "ERROR", "STOPPED")
+            if not done:
+                self.transcript.pop()
+            if done:
+                self.transcript[-1]["note"] = f"polled {polls} times until the task ended"
+                return task
+            if time.monotonic() > deadline:
+                raise MonaiLabelSetupError(f"{kind} did not end within {timeout_s:.0f} s: {task}")
+            time.sleep(poll_s)
+
+    def write_transcript(self, path: Path, title: str) -> Path:
+        """The recorded calls as Markdown (one section per call)."""
+        lines = [f"# {title}", ""]
+        for i, entry in enumerate(self.transcript, start=1):
+            lines += [f"## {i}. `{entry['request']}` -> HTTP {entry['status']} ({entry['seconds']} s)", ""]
+            if entry["note"]:
+                lines += [entry["note"], ""]
+            if entry["body"] is not None:
+                lines += ["Request body:", "", "```json", json.dumps(entry["body"], indent=2), "```", ""]
+            lines += ["Response:", "", "```json", json.dumps(entry["response"], indent=2, default=str), "```", ""]
+        path.write_text("\n".join(lines))
+        return path
+
+
 class MonaiLabelServer:
     """``monailabel start_server`` of ``app_dir`` on 127.0.0.1, in its own process group.
 
@@ -304,13 +448,21 @@ class MonaiLabelServer:
         conf: ``--conf`` pairs, e.g. ``{"models": "grcsf_lesion_segmentation"}``.
         log_path: where the server's output goes.
         workdir: the server's working folder and home of its session files.
+        threads: CPU threads of torch in the server and its task processes (:func:`venv_env`).
     """
 
     def __init__(
-        self, venv: Path, app_dir: Path, studies: Path, conf: dict[str, str], log_path: Path, workdir: Path
+        self,
+        venv: Path,
+        app_dir: Path,
+        studies: Path,
+        conf: dict[str, str],
+        log_path: Path,
+        workdir: Path,
+        threads: int | None = None,
     ) -> None:
         self.venv, self.app_dir, self.studies, self.conf = venv, app_dir, studies, dict(conf)
-        self.log_path, self.workdir = log_path, workdir
+        self.log_path, self.workdir, self.threads = log_path, workdir, threads
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -338,7 +490,7 @@ class MonaiLabelServer:
         Raises:
             MonaiLabelSetupError: the server exited or did not answer within ``timeout_s`` (with its log).
         """
-        env = venv_env(self.venv)
+        env = venv_env(self.venv, self.threads)
         # everything the server writes stays in the test's folders; no background jobs
         env.update(
             MONAI_LABEL_SESSION_PATH=str(self.workdir / "sessions"),
@@ -372,6 +524,21 @@ class MonaiLabelServer:
             f"MONAI Label server did not answer /info/ within {timeout_s:.0f} s; log {self.log_path}:\n"
             f"{_tail(self.log_path)}"
         )
+
+    def start_expecting_refusal(self, timeout_s: float = 300.0) -> str:
+        """Start the server when it should refuse to start; returns its log once it has exited.
+
+        Raises:
+            MonaiLabelSetupError: it answered ``/info/`` (it started) or did not exit within ``timeout_s``.
+        """
+        try:
+            info = self.start(timeout_s=timeout_s)
+        except MonaiLabelSetupError as e:
+            if str(e).startswith("MONAI Label server exited with"):
+                return self.log_path.read_text(errors="replace")
+            raise
+        self.stop()
+        raise MonaiLabelSetupError(f"the server started although it should have refused: {json.dumps(info)[:2000]}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM to the process group, SIGKILL after ``timeout_s``; safe to call twice."""
