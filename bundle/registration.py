@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-
 from bundle.data.mni import MNITemplate, block_average, check_resolution, load_mni152_template
 from bundle.utils.errors import InvalidVolumeError, source_of
 from bundle.utils.geometry import as_affine, ras_affine, voxel_spacing
+from monai.data import MetaTensor
 
 __all__ = ["RegistrationError", "register_affine_to_mni"]
 

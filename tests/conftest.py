@@ -29,9 +29,8 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     real model settings (training spacing, residual-map reference); they barely segment, so tests
     use them for what the workflows do, not for accuracy. Returns ``{"root", "data", "models"}``;
     tests must not write into it."""
-    from monai.bundle import run as bundle_run
-
     from bundle.data.synthetic.atlas import generate_atlas_like_dataset
+    from monai.bundle import run as bundle_run
 
     root = tmp_path_factory.mktemp("demo-model")
     data = root / "atlas_3mm"

@@ -11,12 +11,11 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
-from monai.bundle import run as bundle_run
-
 from bundle.data.synthetic.atlas import generate_atlas_like_dataset
 from bundle.networks import MODEL_SETTING_DEFAULTS, ModelSettings, grcsf_from_settings, mae_digest
 from bundle.networks.mae import mae_preset, save_mae
+from monai.bundle import ConfigParser
+from monai.bundle import run as bundle_run
 
 #: the repository (bundle) root
 REPO = Path(__file__).resolve().parents[1]

@@ -147,3 +147,23 @@ def test_one_version() -> None:
     assert re.search(r'^dynamic = \["version"\]$', pyproject, re.M)
     assert not re.search(r"^version = \"", pyproject, re.M)  # no literal version in [project]
     assert re.search(r'^version = \{ attr = "bundle.__version__" \}$', pyproject, re.M)
+
+
+def test_scripts_are_command_line_programs_only() -> None:
+    """scripts/ is CLI-only (README): no package, each file a program over bundle.tools, nothing uses it
+    as code (the configs name the `bundle` package; the zoo's bundles would import `scripts`)."""
+    scripts = sorted((ROOT / "scripts").iterdir())
+    assert scripts and not (ROOT / "scripts" / "__init__.py").exists()
+    for path in scripts:
+        text = path.read_text()
+        assert path.suffix == ".py" and text.startswith("#!/usr/bin/env python"), path
+        assert os.access(path, os.X_OK) and 'if __name__ == "__main__":' in text, path
+        assert "from bundle.tools." in text, path
+    for config in (ROOT / "configs").rglob("*.json"):
+        assert "scripts." not in config.read_text(), config
+
+
+def test_models_folder_documents_how_weights_arrive() -> None:
+    readme = (ROOT / "models" / "README.md").read_text()
+    for name in ("mae.pt", "model.pt", "model.ts", "configs/train_mae.json", "configs/train.json", "large_files.yml"):
+        assert name in readme, name

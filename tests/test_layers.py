@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import bundle
+import pytest
 
 PACKAGE = Path(bundle.__file__).resolve().parent
 

@@ -3,7 +3,14 @@ inputs and outputs of inference, slices of volumes and their caches. The synthet
 are in :mod:`bundle.data.synthetic`."""
 
 from .atlas import atlas_subset_splits, find_atlas_subjects
-from .cache import DiskCachedTransform, PackMetaTensors, transform_fingerprint, unpack_meta_tensors
+from .cache import (
+    DiskCachedTransform,
+    PackMetaTensors,
+    content_digest,
+    record_fingerprint,
+    transform_fingerprint,
+    unpack_meta_tensors,
+)
 from .checks import (
     AIR_RANGE_HU,
     hounsfield_problem,

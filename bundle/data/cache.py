@@ -12,8 +12,14 @@
 
 - :class:`PackMetaTensors` / :func:`unpack_meta_tensors` -- MetaTensors as ``torch.load(weights_only=True)``-safe dicts.
 - :func:`transform_fingerprint` -- a process-independent hash of transforms' settings.
+- :func:`record_fingerprint` -- a hash of a record and of the contents of every file it names.
 - :class:`DiskCachedTransform` -- a deterministic volume transform (preprocessing + residual maps)
-  whose results persist in a folder, keyed by the record, the files' contents and the transform.
+  whose results persist in a folder, keyed by the record, the contents of its files, the
+  transform and the files it depends on (the MAE).
+
+A disk cache keyed by file paths alone serves stale data when a file changes in place, e.g. a
+label corrected in MONAI Label and saved again as ``labels/final/<id>.nii.gz``: every key here
+includes the sha256 of the bytes of each file a record names.
 """
 
 from __future__ import annotations
@@ -27,12 +33,71 @@ from typing import Any
 
 import numpy as np
 import torch
+from bundle.utils.io import file_digest
 from monai.data import MetaTensor, PersistentDataset
 from monai.transforms import Compose, Transform
 
-from bundle.utils.io import file_digest
+__all__ = [
+    "DiskCachedTransform",
+    "PackMetaTensors",
+    "content_digest",
+    "record_fingerprint",
+    "transform_fingerprint",
+    "unpack_meta_tensors",
+]
 
-__all__ = ["DiskCachedTransform", "PackMetaTensors", "transform_fingerprint", "unpack_meta_tensors"]
+#: sha256 of files already read by this process, by (path, size, mtime_ns, ctime_ns, inode): a
+#: validation epoch does not read its volumes twice, and any write to a file changes its ctime
+#: (which, unlike the mtime, cannot be set back), so an edited file is read again
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """sha256 (hex) of the bytes of a file, or of a folder's files (names and contents, sorted).
+
+    A folder is e.g. a DICOM series. Digests are remembered for the process by the file's size,
+    modification and change times and inode, so an unchanged file is read once.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        digest = hashlib.sha256()
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                file = os.path.join(root, name)
+                digest.update(f"{os.path.relpath(file, path)}:{content_digest(file)}\n".encode("utf-8"))
+        return digest.hexdigest()
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(path)
+    return _DIGESTS[key]
+
+
+def _named_paths(value: Any) -> list[str]:
+    """The strings (and path objects) in ``value`` (nested lists, tuples, dicts) that name an existing
+    file or folder."""
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        return [path] if path and os.path.exists(path) else []
+    if isinstance(value, Mapping):
+        return [p for v in value.values() for p in _named_paths(v)]
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _named_paths(v)]
+    return []
+
+
+def record_fingerprint(record: Mapping[str, Any]) -> bytes:
+    """Hex sha256 (bytes, as MONAI's ``PersistentDataset(hash_func=...)`` takes it) of a record and of
+    the contents of every file or folder it names (:func:`content_digest`).
+
+    Editing a file in place (same path, same size, even with its modification time set back)
+    changes the fingerprint; a record whose files are unchanged keeps it across processes.
+    """
+    entries = {str(k): _describe(v) for k, v in sorted(record.items(), key=lambda kv: str(kv[0]))}
+    files = {key: [f"{p}:{content_digest(p)}" for p in _named_paths(value)] for key, value in record.items()}
+    text = json.dumps({"record": entries, "files": {str(k): v for k, v in files.items() if v}}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest().encode("utf-8")
 
 
 class DiskCachedTransform(Transform):
@@ -41,10 +106,11 @@ class DiskCachedTransform(Transform):
     Residual maps cost ``2 x num_passes`` MAE forward passes per slice, far more than a training
     epoch on the resulting slices; this transform computes them once per volume. Results live in
     ``cache_dir`` in the format of :class:`bundle.data.slices.VolumeSliceDataset`'s disk cache
-    (:class:`~bundle.data.slices.PackMetaTensors`), keyed by the record (its file paths), the
-    transform's settings (:func:`~bundle.data.slices.transform_fingerprint`) and the sha256 of
-    ``depends_on`` files: a retrained MAE checkpoint at the same path must not hit stale maps,
-    and the fingerprint only sees the transforms' public settings, not network weights.
+    (:class:`PackMetaTensors`), keyed by the record and the contents of the files it names
+    (:func:`record_fingerprint`: a label corrected in place is read again), the transform's
+    settings (:func:`transform_fingerprint`) and the sha256 of ``depends_on`` files: a retrained
+    MAE checkpoint at the same path must not hit stale maps, and the fingerprint only sees the
+    transforms' public settings, not network weights.
 
     Wrap it in a memory cache (``VolumeSliceDataset(cache="memory")``, ``CacheDataset``) for fast
     slice access; use it alone (``monai.data.Dataset``) to read each volume from disk when needed.
@@ -65,7 +131,7 @@ class DiskCachedTransform(Transform):
         self.transform = transform
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.depends_on = [str(p) for p in depends_on]
-        digests = [f"{p}:{file_digest(p)}" for p in self.depends_on if os.path.isfile(p)]
+        digests = [f"{p}:{content_digest(p)}" for p in self.depends_on if os.path.isfile(p)]
         self._files_digest = hashlib.sha256("\n".join(digests).encode("utf-8")).hexdigest()
         # flatten: PersistentDataset caches up to the first random or nested Compose, so a nested
         # Compose would cache only the raw record and recompute everything on every call
@@ -85,7 +151,11 @@ class DiskCachedTransform(Transform):
                 return dict(self.transform(data))
             # a one-item PersistentDataset: MONAI's cache look-up, atomic write, corrupt-file recovery
             dataset = PersistentDataset(
-                [data], self._pipeline, cache_dir=self.cache_dir, hash_transform=self._hash_transform
+                [data],
+                self._pipeline,
+                cache_dir=self.cache_dir,
+                hash_func=record_fingerprint,
+                hash_transform=self._hash_transform,
             )
             return unpack_meta_tensors(dataset[0])
 

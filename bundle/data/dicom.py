@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from bundle.data.checks import hounsfield_problem
+from bundle.utils.errors import InvalidVolumeError
 from monai.config import KeysCollection
 from monai.data import ImageReader
 from monai.transforms import LoadImage, MapTransform
@@ -45,9 +47,6 @@ from monai.utils import ensure_tuple
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
-
-from bundle.data.checks import hounsfield_problem
-from bundle.utils.errors import InvalidVolumeError
 
 __all__ = [
     "CT_IMAGE_STORAGE",

@@ -38,9 +38,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from monai.data import load_decathlon_datalist
-
 from bundle.utils.errors import DatasetError
+from monai.data import load_decathlon_datalist
 
 from .atlas import atlas_subset_splits, find_atlas_subjects
 from .msd_lung import load_msd_lung, msd_lung_split

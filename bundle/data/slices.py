@@ -34,15 +34,14 @@ from typing import Any, NoReturn
 
 import numpy as np
 import torch
+from bundle.utils.errors import find_volume_error
+from bundle.utils.flags import as_flag
+from bundle.utils.geometry import voxel_spacing
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, Randomizable, Transform, apply_transform
 from torch.utils.data import Dataset as TorchDataset
 
-from bundle.utils.errors import find_volume_error
-from bundle.utils.flags import as_flag
-from bundle.utils.geometry import voxel_spacing
-
-from .cache import PackMetaTensors, transform_fingerprint, unpack_meta_tensors
+from .cache import PackMetaTensors, record_fingerprint, transform_fingerprint, unpack_meta_tensors
 from .checks import residual_map_statistic, summarise_residual_statistics
 
 __all__ = [
@@ -222,11 +221,13 @@ class VolumeSliceDataset(TorchDataset):
         if cache == "disk":
             # torch.load(weights_only=True) refuses MetaTensors (and the numpy header fields in their
             # meta), so the volumes are cached as plain tensors + affine + file name and unpacked on
-            # access; the transforms' fingerprint in the file names invalidates a stale cache.
+            # access; the file names hold the record with its files' contents and the transforms'
+            # fingerprint, so an edited file or other settings miss the stale entries.
             return PersistentDataset(
                 self.records,
                 self._cacheable(self.volume_transform, PackMetaTensors()),
                 cache_dir=cache_dir,
+                hash_func=record_fingerprint,
                 hash_transform=transform_fingerprint,
             )
         return Dataset(self.records, self.volume_transform)

@@ -20,10 +20,9 @@ import os
 from typing import Any
 
 import numpy as np
-from monai.data import FolderLayoutBase, NibabelWriter
-
 from bundle.utils.flags import as_flag
 from bundle.utils.io import atomic_output
+from monai.data import FolderLayoutBase, NibabelWriter
 
 from .inputs import prediction_path
 

@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Compose, EnsureChannelFirstd, Invertd
-
 from bundle.metrics import SEGMENTATION_METRIC_KEYS, aggregate_metrics, segmentation_metrics
 from bundle.transforms.io import LoadVolumed, ValidateVolumed
 from bundle.utils.errors import DatasetError, FolderRunError, InvalidVolumeError, describe_error
@@ -37,6 +35,7 @@ from bundle.utils.flags import as_flag
 from bundle.utils.geometry import voxel_spacing
 from bundle.utils.io import write_csv, write_json
 from bundle.visualize.overlay import OverlaySlices, save_overlay
+from monai.transforms import Compose, EnsureChannelFirstd, Invertd
 
 from .inference import SegmentationRunner
 

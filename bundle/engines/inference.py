@@ -36,9 +36,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import torch
-from monai.transforms import Compose
-from torch import nn
-
 from bundle.data.checks import residual_map_statistic
 from bundle.data.inputs import NIFTI_EXTENSIONS, is_dicom_series_dir, list_inputs
 from bundle.transforms.io import SavePredictiond
@@ -53,6 +50,8 @@ from bundle.utils.errors import (
 )
 from bundle.utils.flags import as_device, as_flag
 from bundle.utils.io import write_json
+from monai.transforms import Compose
+from torch import nn
 
 __all__ = ["OUT_OF_DISTRIBUTION_FACTOR", "SegmentationRunner", "input_warnings"]
 

@@ -57,17 +57,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.engines import IterationEvents
-from monai.networks.utils import eval_mode
-from monai.utils import IgniteInfo, min_version, optional_import
-from torch import nn
-from torch.optim import Optimizer
-
 from bundle.networks.mae import reconstruction_from_prediction, unwrap_parallel
 from bundle.networks.mae_checkpoint import load_official_mae_checkpoint
 from bundle.networks.masking import check_mask_ratios, ratio_tag
 from bundle.utils.errors import ConfigError
 from bundle.utils.flags import as_device, as_flag
+from monai.engines import IterationEvents
+from monai.networks.utils import eval_mode
+from monai.utils import IgniteInfo, min_version, optional_import
+from torch import nn
+from torch.optim import Optimizer
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

@@ -1,7 +1,12 @@
 """handlers of the GRCSF bundle for MONAI's (ignite) engines: checkpoints, early stopping,
 training curves, MAE sample panels, progress, metrics."""
 
-from .checkpoint import AtomicCheckpointSaver, NetworkCheckpointLoader, ResumeCheckpointLoader
+from .checkpoint import (
+    AtomicCheckpointSaver,
+    ModelSaverWithoutValidation,
+    NetworkCheckpointLoader,
+    ResumeCheckpointLoader,
+)
 from .early_stop import ResumableEarlyStopHandler
 from .guards import EpochSeedHandler, NonFiniteLossGuard, epoch_seed
 from .mae_samples import MAESamplesHandler

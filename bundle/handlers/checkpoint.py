@@ -12,6 +12,8 @@
 
 - :class:`AtomicCheckpointSaver` -- MONAI's CheckpointSaver, but writing through a temporary file, with a
   fixed name for the per-epoch checkpoint and a state dict (its best-score memory) for resuming.
+- :class:`ModelSaverWithoutValidation` -- the weights of every epoch's end when a run has no validation data
+  (MONAI Label's ``val_split`` 0), so that such a run still writes ``models/model.pt``.
 - :class:`ResumeCheckpointLoader` -- MONAI's CheckpointLoader that starts fresh when there is no checkpoint yet.
 - :class:`NetworkCheckpointLoader` -- network weights with one-line errors, usable without an engine.
 """
@@ -20,15 +22,14 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-
-from monai.handlers import CheckpointLoader, CheckpointSaver
-from monai.utils import IgniteInfo, min_version, optional_import
-from torch import nn
 
 from bundle.networks.checkpoint import load_network_weights
 from bundle.utils.flags import as_flag
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.utils import IgniteInfo, min_version, optional_import
+from torch import nn
 
 DiskSaver, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "DiskSaver")
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["AtomicCheckpointSaver", "NetworkCheckpointLoader", "ResumeCheckpointLoader"]
+__all__ = ["AtomicCheckpointSaver", "ModelSaverWithoutValidation", "NetworkCheckpointLoader", "ResumeCheckpointLoader"]
 
 
 class NetworkCheckpointLoader(CheckpointLoader):
@@ -168,6 +169,43 @@ class AtomicCheckpointSaver(CheckpointSaver):
         """Restore the memory of saved scores written by :meth:`state_dict`."""
         if self._key_metric_checkpoint is not None and state_dict:
             self._key_metric_checkpoint.load_state_dict(state_dict)
+
+
+class ModelSaverWithoutValidation(AtomicCheckpointSaver):
+    """Save ``save_dict`` as ``filename`` at the end of every epoch of a run without validation data.
+
+    The trained weights are normally written by the validator's best-model saver (the best
+    validation Dice). A run whose validation data is empty -- MONAI Label's training with
+    ``val_split`` 0 sets ``validate#dataset#data`` to ``[]``, and MONAI's evaluator then skips every
+    validation -- would end without a ``model.pt``; this handler, attached to the trainer, writes
+    the weights of each epoch's end instead (atomically, one file). With validation data it does
+    not attach.
+
+    Args:
+        save_dir: folder of the file (the configs' ``ckpt_dir``).
+        save_dict: what the file holds, e.g. ``{"model": network, "model_settings": settings}``.
+        validation_data: the validation records (``validate#dataset#data``).
+        filename: the file name, ``model.pt``.
+        enabled: False on the non-main processes of a distributed run.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        validation_data: Sequence[Any] | None,
+        filename: str = "model.pt",
+        enabled: Any = True,
+    ) -> None:
+        self.without_validation = not validation_data
+        super().__init__(
+            save_dir=save_dir,
+            save_dict=save_dict,
+            save_interval=1,
+            n_saved=1,
+            interval_filename=filename,
+            enabled=as_flag(enabled, "enabled") and self.without_validation,
+        )
 
 
 class ResumeCheckpointLoader(CheckpointLoader):

@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from bundle.utils.errors import TrainingError
 from monai.handlers import from_engine
 from monai.utils import IgniteInfo, min_version, optional_import
-
-from bundle.utils.errors import TrainingError
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:

@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from monai.networks.utils import eval_mode
-from monai.utils import IgniteInfo, min_version, optional_import
-from torch import nn
-
 from bundle.networks.mae import pixel_mask, reconstruction_from_prediction, unwrap_parallel
 from bundle.networks.masking import check_mask_ratios
 from bundle.utils.io import atomic_output
+from monai.networks.utils import eval_mode
+from monai.utils import IgniteInfo, min_version, optional_import
+from torch import nn
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.utils import IgniteInfo, min_version, optional_import
-
 from bundle.networks.masking import check_mask_ratios, ratio_tag
+from monai.utils import IgniteInfo, min_version, optional_import
 
 Metric, _ = optional_import("ignite.metrics", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Metric")
 reinit__is_reduced, _ = optional_import(

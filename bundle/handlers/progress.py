@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from monai.utils import IgniteInfo, min_version, optional_import
+from typing import TYPE_CHECKING, TextIO
 
 from bundle.utils.flags import as_flag
+from monai.utils import IgniteInfo, min_version, optional_import
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -30,19 +30,32 @@ __all__ = ["ProgressBarHandler", "every_n_iterations"]
 class ProgressBarHandler:
     """ignite's tqdm progress bar (with the running loss) as a handler for MONAI engines' handler lists.
 
+    The bar is drawn only on a terminal: written to a log file or a pipe (MONAI Label's training
+    task, whose last 20 output lines are what ``GET /train/`` shows) every redraw would be a line,
+    and the StatsHandler's loss lines say the same.
+
     Args:
-        enabled: attach at all (the ``progress_bar`` config id).
+        enabled: attach at all (the ``progress`` config id).
         output_transform: engine output -> value(s) shown next to the bar.
         persist: keep the finished bar of each epoch.
+        stream: where the bar goes (ignite writes to stderr); only its ``isatty()`` is read.
     """
 
-    def __init__(self, enabled: bool = True, output_transform: Callable | None = None, persist: bool = False) -> None:
-        self.enabled = as_flag(enabled)
+    def __init__(
+        self,
+        enabled: bool = True,
+        output_transform: Callable | None = None,
+        persist: bool = False,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.enabled = as_flag(enabled, "progress")
         self.output_transform = output_transform
         self.persist = persist
+        self.stream = stream
 
     def attach(self, engine: Engine) -> None:
-        if not self.enabled:
+        stream = self.stream if self.stream is not None else sys.stderr
+        if not (self.enabled and stream.isatty()):
             return
         from ignite.handlers import ProgressBar
 

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.handlers import from_engine
-from monai.utils import IgniteInfo, min_version, optional_import
-
 from bundle.utils.flags import as_flag
 from bundle.utils.io import atomic_output
+from monai.handlers import from_engine
+from monai.utils import IgniteInfo, min_version, optional_import
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:

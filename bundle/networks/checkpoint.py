@@ -42,10 +42,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
-
 from bundle.utils.errors import CheckpointError, ConfigError, describe_error
 from bundle.utils.io import file_digest
+from torch import nn
 
 __all__ = [
     "ARCHITECTURE_CHANGES",
@@ -158,7 +157,10 @@ def checkpoint_kind(checkpoint: Any) -> str:
 #: what to do about a missing weights file, by kind
 MISSING_WEIGHTS_HINT = {
     "segmentation": "train first (configs/train.json) or pass --ckpt_dir / --ckpt_path",
-    "mae": "pre-train the MAE first (configs/train_mae.json) or pass --mae_path",
+    "mae": (
+        "pre-train the MAE first (python -m monai.bundle run training --config_file configs/train_mae.json "
+        "writes models/mae.pt) or pass --mae_path"
+    ),
 }
 
 

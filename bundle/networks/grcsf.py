@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from bundle.utils.errors import ConfigError
 from monai.networks.layers.factories import Conv
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from monai.utils import ensure_tuple_rep
@@ -451,8 +452,22 @@ def grcsf_from_settings(settings: Mapping[str, Any], **overrides: Any) -> GRCSF:
     Args:
         settings: ``network_preset``, ``network_options`` (constructor arguments over the preset),
             ``rcu_patch_sizes`` and ``mask_ratios`` (one residual-map input channel per ratio).
-        overrides: constructor arguments over those (e.g. MONAI Label's ``dropout`` for epistemic scoring).
+        overrides: constructor arguments over those, except ``dropout``.
+
+    Raises:
+        ConfigError: ``dropout`` among ``overrides``: that is how MONAI Label's epistemic scoring
+            (``--conf epistemic_model``) asks for Monte-Carlo dropout, which this bundle does not
+            offer (docs/monailabel.md, *Epistemic scoring*): MONAI Label takes the dimension from
+            the 2D network's input shape and computes the entropy of the 3D predictions over the
+            wrong axes, and the network is trained without dropout.
     """
+    if "dropout" in overrides:
+        raise ConfigError(
+            f"network_def#dropout={overrides['dropout']!r}: MONAI Label's epistemic scoring (--conf epistemic_model) "
+            "is not supported by the GRCSF bundle (its entropy of the 3D predictions of a 2D network runs over the "
+            "wrong axes, and the network is trained without dropout; docs/monailabel.md): start the server "
+            "without --conf epistemic_model."
+        )
     kwargs: dict[str, Any] = dict(settings.get("network_options") or {})
     kwargs["in_channels"] = 1 + len(settings["mask_ratios"])
     kwargs["rcu_patch_sizes"] = tuple(int(p) for p in settings["rcu_patch_sizes"])

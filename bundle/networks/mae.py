@@ -46,10 +46,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from bundle.utils.errors import CheckpointError
 from bundle.utils.flags import as_flag
+from torch import nn
 
 from .checkpoint import checkpoint_kind, read_checkpoint
 from .masking import random_masks

@@ -82,7 +82,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from bundle.tools import BUNDLE_ROOT
 
 __all__ = [
@@ -394,9 +393,8 @@ def lesion_contrasts(
         (n_components,) contrasts in the label order of :func:`bundle.metrics.label_lesions` (full
         connectivity); NaN for a component that no record maps to.
     """
-    from scipy import ndimage
-
     from bundle.metrics.segmentation import label_lesions
+    from scipy import ndimage
 
     labels, n = label_lesions(truth)
     out = np.full(n, np.nan)
@@ -515,7 +513,6 @@ def evaluate_network(
     """
     import nibabel as nib
     import torch
-
     from bundle.metrics.segmentation import lesion_size_bins, segmentation_metrics
     from bundle.utils.geometry import voxel_spacing
 
@@ -572,7 +569,6 @@ def run_one(
 ) -> dict[str, Any]:
     """Train and evaluate one (arm, seed); writes ``runs/<arm>/seed<seed>/result.json`` last."""
     import torch
-
     from bundle.utils.io import atomic_output
 
     run_dir = out / "runs" / arm / f"seed{seed}"
@@ -952,10 +948,9 @@ def _uses_rcu(arm: str) -> bool:
 
 def write_figures(out: Path, summary: Mapping[str, Any], split: Mapping[str, Any]) -> list[Path]:
     """Bar chart of the arms, Dice by lesion size and contrast, example overlays; PNGs in ``<out>/figures``."""
+    from bundle.utils.io import atomic_output
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from bundle.utils.io import atomic_output
 
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -1019,12 +1014,11 @@ def write_figures(out: Path, summary: Mapping[str, Any], split: Mapping[str, Any
 
 def _overlay_figure(out: Path, summary: Mapping[str, Any], split: Mapping[str, Any], figures: Path) -> Path:
     """One test subject (the median Dice of the full model): image, truth and every arm's mask (seed 0 run)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from bundle.transforms.brain import brain_preprocessing
     from bundle.utils.io import atomic_output
     from bundle.visualize.overlay import lesion_slice_index, take_slice
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     arms = list(summary["arms"])
     reference = "grcsf" if "grcsf" in arms else arms[-1]

@@ -71,11 +71,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser
-from monai.transforms import Activationsd, AsDiscreted, Compose, EnsureTyped, Invertd, SpatialCropd
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
 from bundle.losses import build_loss
 from bundle.networks.checkpoint import MODEL_SETTING_DEFAULTS
 from bundle.networks.grcsf import GRCSF_PRESETS, grcsf_preset
@@ -91,6 +86,10 @@ from bundle.transforms.residual_maps import (
     residual_maps_reference,
 )
 from bundle.utils.io import write_json
+from monai.bundle import ConfigParser
+from monai.transforms import Activationsd, AsDiscreted, Compose, EnsureTyped, Invertd, SpatialCropd
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["BenchmarkCheckError", "config_defaults", "main", "run_benchmark"]
 

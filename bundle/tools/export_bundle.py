@@ -22,18 +22,28 @@ folder is self-contained). Optionally:
 - ``--zip``: also write ``<output_dir>/<name>.zip`` holding ``<name>/...``, the archive layout
   ``python -m monai.bundle download --url ...`` unpacks.
 
-``large_files.yml`` of the export gets the md5 of every weight file that is exported (the zoo
-checks downloads against it); the repository's copy stays without hashes until weights are
-released.
+``large_files.yml`` lists the released weight files, each with its ``url`` and md5 (the zoo's CI
+and ``monai.bundle download_large_files`` download and check them); none are released yet, so
+the repository's list is empty. The export adds every weight file it copies, with its md5 and,
+when the repository lists none, an empty ``url``: the file is in the folder, so nothing is
+downloaded (MONAI skips an existing file after checking its hash). An entry without a url whose
+file is absent would make those downloaders fail, so the export never writes one.
 
 ``verify BUNDLE_DIR`` recomputes the hashes of the files that ``large_files.yml`` lists, compares
 them with the recorded ones and checks each file's format (network state dict, MAE checkpoint,
 TorchScript with bundle metadata). Exit status 1 on any problem.
 
+``zoo ZOO_CHECKOUT`` prepares a pull request to the MONAI model zoo in a checkout of
+Project-MONAI/model-zoo: the bundle (without weights: none are released, and the zoo refuses files
+over 1 MB) in ``models/grcsf_lesion_segmentation/``, and the bundle's unit tests (``zoo/ci/unit_tests/``
+of this repository, run by the zoo's ``ci/unit_tests/runner.py``) in ``ci/unit_tests/``; it prints
+the zoo's own checks to run and the entries the bundle needs in ``ci/bundle_custom_data.py``.
+
 Examples::
 
     python scripts/export_bundle.py export dist --merge inference.json=demo.json --zip
     python scripts/export_bundle.py verify dist/grcsf_lesion_segmentation
+    python scripts/export_bundle.py zoo ~/src/model-zoo
 """
 
 from __future__ import annotations
@@ -58,6 +68,16 @@ LARGE_FILES = ("models/model.pt", "models/mae.pt", "models/model.ts")
 #: what the export copies besides configs/ and models/ (the zoo layout plus the code the configs import)
 BUNDLE_CONTENT = ("bundle", "docs", "LICENSE")
 HASH_TYPE = "md5"
+#: the bundle's unit tests for the model zoo's CI (ci/unit_tests/test_<name>.py and _dist.py)
+ZOO_UNIT_TESTS = ("test_grcsf_lesion_segmentation.py", "test_grcsf_lesion_segmentation_dist.py")
+#: the zoo's exclusion lists (ci/bundle_custom_data.py) the bundle belongs to, and why (docs/README.md)
+ZOO_EXCLUSIONS = {
+    "exclude_verify_preferred_files_list": "no weights are released: models/model.pt is made by training",
+    "exclude_verify_torchscript_list": (
+        "models/model.pt holds {'model', 'model_settings'}: the zoo's ckpt_export without --key_in_ckpt "
+        "cannot load it (python -m monai.bundle ckpt_export ... --key_in_ckpt model exports it)"
+    ),
+}
 _CHUNK = 1 << 20
 
 
@@ -91,8 +111,8 @@ def read_large_files(path: str | os.PathLike) -> list[dict[str, str]]:
     except yaml.YAMLError as e:
         raise ValueError(f"{path} is not valid YAML: {e}") from e
     entries = content.get("large_files") if isinstance(content, Mapping) else None
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: expected a non-empty 'large_files' list.")
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a 'large_files' list (empty when no weights are released).")
     required = ("path", "url", "hash_val", "hash_type")
     for i, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
@@ -104,12 +124,12 @@ def read_large_files(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def format_large_files(entries: Sequence[Mapping[str, str]]) -> str:
-    """large_files.yml text in the zoo's layout (every value a quoted string)."""
+    """large_files.yml text in the zoo's layout (every value a quoted string; ``[]`` for none)."""
     lines = [
         "# Weights of the bundle, downloaded and checked by MONAI's bundle tools (the zoo format).",
-        "# hash_val: the md5 of the released file; scripts/export_bundle.py fills it in on export",
-        "# and `python scripts/export_bundle.py verify <bundle>` recomputes and checks it.",
-        "large_files:",
+        "# hash_val: the md5 of the file; an empty url marks a file shipped in this folder (exported by",
+        "# scripts/export_bundle.py); `python scripts/export_bundle.py verify <bundle>` checks them.",
+        "large_files:" if entries else "large_files: []",
     ]
     for entry in entries:
         lines.append(f"  - path: {json.dumps(entry['path'])}")
@@ -175,7 +195,11 @@ def verify_bundle(bundle_dir: str | os.PathLike, require_files: bool = False) ->
         path = root / entry["path"]
         report: dict[str, Any] = {"path": entry["path"], "hash_val": None}
         if not path.is_file():
-            report.update(status="error" if require_files else "missing", detail=f"{path} does not exist")
+            if not entry["url"]:  # nothing to download it from: the zoo's CI and MONAI's downloader fail
+                report.update(status="error", detail=f"{path} does not exist and large_files.yml gives no url")
+            else:
+                status = "error" if require_files else "missing"
+                report.update(status=status, detail=f"{path} does not exist (url {entry['url']})")
             reports.append(report)
             continue
         try:
@@ -237,6 +261,7 @@ def export_bundle(
     merge: Sequence[str] = (),
     make_zip: bool = False,
     overwrite: bool = False,
+    copy_weights: bool = True,
 ) -> Path:
     """Write the bundle in the zoo layout to ``output_dir/name`` (see the module docstring).
 
@@ -250,6 +275,7 @@ def export_bundle(
             there or an absolute path.
         make_zip: also write ``output_dir/name.zip``.
         overwrite: replace an existing export (folder and zip).
+        copy_weights: False exports no weight files (``models/`` stays empty).
 
     Returns:
         the exported bundle folder.
@@ -291,21 +317,24 @@ def export_bundle(
             merged = merged_config(configs / target_config, overrides)
             (build / "configs" / target_config).write_text(json.dumps(merged, indent=4) + "\n")
 
-        entries = (
-            read_large_files(source / "large_files.yml")
-            if (source / "large_files.yml").is_file()
-            else [{"path": p, "url": "", "hash_val": "", "hash_type": HASH_TYPE} for p in LARGE_FILES]
-        )
+        # the released files (with urls), then every weight file exported, with its md5
+        released = read_large_files(source / "large_files.yml") if (source / "large_files.yml").is_file() else []
+        listed = {entry["path"] for entry in released}
+        entries = released + [
+            {"path": p, "url": "", "hash_val": "", "hash_type": HASH_TYPE} for p in LARGE_FILES if p not in listed
+        ]
         (build / "models").mkdir()
+        kept = []
         for entry in entries:
             weight = models / Path(entry["path"]).name
-            if weight.is_file():
+            if copy_weights and weight.is_file():
                 shutil.copy2(weight, build / entry["path"])
                 entry["hash_type"] = entry["hash_type"] or HASH_TYPE
                 entry["hash_val"] = file_hash(build / entry["path"], entry["hash_type"])
-            else:
-                entry["hash_val"] = ""  # not exported: no hash to promise
-        (build / "large_files.yml").write_text(format_large_files(entries))
+            elif not entry["url"]:
+                continue  # neither exported nor downloadable: not listed
+            kept.append(entry)
+        (build / "large_files.yml").write_text(format_large_files(kept))
 
         if make_zip:
             tmp_zip = staging / f"{name}.zip"
@@ -321,6 +350,34 @@ def export_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def export_to_zoo(
+    zoo_dir: str | os.PathLike, source: str | os.PathLike = BUNDLE_ROOT, overwrite: bool = False
+) -> dict[str, Any]:
+    """Put the bundle (no weights) and its unit tests into a checkout of the MONAI model zoo.
+
+    Returns:
+        ``{"bundle": folder, "unit_tests": [paths], "exclusions": ZOO_EXCLUSIONS}``.
+
+    Raises:
+        FileNotFoundError: ``zoo_dir`` is not a checkout of Project-MONAI/model-zoo.
+        FileExistsError: the bundle or a unit test is there already and ``overwrite`` is False.
+    """
+    zoo = Path(zoo_dir).resolve()
+    if not (zoo / "ci" / "verify_bundle.py").is_file() or not (zoo / "models").is_dir():
+        raise FileNotFoundError(
+            f"{zoo}: not a checkout of Project-MONAI/model-zoo (no ci/verify_bundle.py or models/)."
+        )
+    tests_dir = Path(source) / "zoo" / "ci" / "unit_tests"
+    targets = [zoo / "ci" / "unit_tests" / name for name in ZOO_UNIT_TESTS]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists; pass overwrite=True (--overwrite) to replace it.")
+    folder = export_bundle(zoo / "models", name=BUNDLE_NAME, source=source, overwrite=overwrite, copy_weights=False)
+    for name, target in zip(ZOO_UNIT_TESTS, targets):
+        shutil.copy2(tests_dir / name, target)
+    return {"bundle": folder, "unit_tests": targets, "exclusions": dict(ZOO_EXCLUSIONS)}
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -342,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     exp.add_argument("--zip", action="store_true", help="also write <output_dir>/<name>.zip")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    zoo = sub.add_parser("zoo", help="put the bundle (no weights) and its unit tests into a model-zoo checkout")
+    zoo.add_argument("zoo_dir", help="a checkout of Project-MONAI/model-zoo")
+    zoo.add_argument("--overwrite", action="store_true", help="replace an earlier export there")
     ver = sub.add_parser("verify", help="recompute the hashes of large_files.yml and check the file formats")
     ver.add_argument("bundle_dir", help="bundle root holding large_files.yml")
     ver.add_argument("--require-files", action="store_true", help="a listed file that is absent is an error")
@@ -358,13 +418,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overwrite=args.overwrite,
             )
             print(f"exported {target}" + (f" and {target}.zip" if args.zip else ""))
-            for entry in read_large_files(target / "large_files.yml"):
-                print(f"  {entry['path']:<18} {entry['hash_type']} {entry['hash_val'] or '(not exported)'}")
+            entries = read_large_files(target / "large_files.yml")
+            for entry in entries:
+                print(
+                    f"  {entry['path']:<18} {entry['hash_type']} {entry['hash_val']} {entry['url'] or '(in the folder)'}"
+                )
+            if not entries:
+                print("  no weight files (large_files.yml lists none)")
+            return 0
+        if args.command == "zoo":
+            done = export_to_zoo(args.zoo_dir, overwrite=args.overwrite)
+            print(f"exported {done['bundle']} (no weights) and {', '.join(str(t) for t in done['unit_tests'])}")
+            print(f"add {BUNDLE_NAME!r} to these lists of ci/bundle_custom_data.py:")
+            for name, why in done["exclusions"].items():
+                print(f"  {name}: {why}")
+            print(
+                "then, from the checkout: python ci/prepare_schema.py -l grcsf_lesion_segmentation; "
+                "python ci/verify_bundle.py -b grcsf_lesion_segmentation -m min (and -m full); "
+                "python ci/unit_tests/runner.py --b grcsf_lesion_segmentation; "
+                "torchrun ci/unit_tests/runner.py --b grcsf_lesion_segmentation --dist True; ./runtests.sh --codeformat"
+            )
             return 0
         reports = verify_bundle(args.bundle_dir, require_files=args.require_files)
     except (OSError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if not reports:
+        print("large_files.yml lists no files: no weights are released")
     for report in reports:
         print(f"{report['status']:<8} {report['path']:<18} {report['detail']}")
     return 1 if any(r["status"] == "error" for r in reports) else 0

@@ -31,9 +31,8 @@ import time
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from bundle.networks.grcsf import GRCSF_PRESETS, grcsf_preset
+from torch.utils.flop_counter import FlopCounterMode
 
 # variant name -> constructor overrides applied on top of a preset
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from bundle.tools import BUNDLE_ROOT
 
 CONFIGS = BUNDLE_ROOT / "configs"
@@ -71,9 +70,8 @@ def _configs(*names: str) -> list[str]:
 
 def train_ct_model(root: Path, quick: bool, threads: int | None) -> Path:
     """MAE and GRCSF trained with the MSD Lung config at demo scale on its look-alike; the bundle folder."""
-    from monai.bundle import run as bundle_run
-
     from bundle.data.synthetic.ct import generate_msd_lung_like
+    from monai.bundle import run as bundle_run
 
     scale = LOOK_ALIKE["quick" if quick else "demo"]
     data = Path(generate_msd_lung_like(root / "Task06_Lung_look_alike", seed=0, progress=False, **scale))
@@ -106,7 +104,6 @@ def train_ct_model(root: Path, quick: bool, threads: int | None) -> Path:
 def _same_grid(mask_path: str, image_path: str) -> dict[str, Any]:
     """Shape, affine and orientation of a saved mask against its input image."""
     import nibabel as nib
-
     from bundle.transforms.io import LoadVolumed
 
     image = LoadVolumed("image")({"image": image_path})["image"]
@@ -124,9 +121,8 @@ def _same_grid(mask_path: str, image_path: str) -> dict[str, Any]:
 
 def evaluate_ct_cases(cases: Mapping[str, Mapping[str, str]], ct_bundle: Path, out: Path, threads: int | None) -> dict:
     """lung1 and lung2 through the MSD Lung evaluation workflow; per case: metrics, geometry, time."""
-    from monai.bundle import run as bundle_run
-
     from bundle.data.records import write_split_datalist
+    from monai.bundle import run as bundle_run
 
     records = [{"subject": c, "image": cases[c]["image"], "label": cases[c]["label"]} for c in CT_CASES]
     datalist = write_split_datalist({"test": records}, out / "ct_datalist.json")
@@ -175,11 +171,10 @@ def register_brain_cases(cases: Mapping[str, Mapping[str, str]], out: Path) -> d
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from monai.transforms import Compose, EnsureChannelFirstd
-
     from bundle.data.mni import load_mni152_template
     from bundle.transforms.io import LoadVolumed
     from bundle.transforms.mni import RegisterToMNId
+    from monai.transforms import Compose, EnsureChannelFirstd
 
     template = load_mni152_template(1)
     load = Compose([LoadVolumed(["image", "label"]), EnsureChannelFirstd(["image", "label"])])
@@ -232,12 +227,11 @@ def register_brain_cases(cases: Mapping[str, Mapping[str, str]], out: Path) -> d
 
 def residual_map_aurocs(cases: Mapping[str, Mapping[str, str]], ct_bundle: Path) -> dict:
     """Lesion AUROC of the CT model's residual maps on the real CT cases (module docstring, step 5)."""
-    from scipy import ndimage
-
     from bundle.metrics.ranking import auroc
     from bundle.networks.checkpoint import resolve_model_settings
     from bundle.transforms import ResidualMapd, model_preprocessing_options, volume_preprocessing
     from bundle.transforms.ct import resolve_window
+    from scipy import ndimage
 
     models = ct_bundle / "models" / "msd_lung"
     settings = resolve_model_settings(str(models / "model.pt"))

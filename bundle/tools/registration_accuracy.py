@@ -48,14 +48,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from scipy import ndimage
-from scipy.spatial.transform import Rotation
-
 from bundle.data.mni import load_mni152_template
 from bundle.data.synthetic.atlas import SyntheticAtlasParams, generate_atlas_like_dataset
 from bundle.registration import register_affine_to_mni
 from bundle.transforms.mni import RegisterToMNId
+from monai.data import MetaTensor
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 
 def random_affine(rng: np.random.Generator, centre: np.ndarray, args: argparse.Namespace) -> np.ndarray:

@@ -45,14 +45,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from bundle.data.synthetic.atlas import load_atlas_like_records
 from bundle.metrics.ranking import auroc
 from bundle.networks.mae import load_mae
 from bundle.transforms.brain import brain_preprocessing
 from bundle.transforms.residual_maps import ResidualMapd
 from bundle.utils.io import json_safe
+from torch import nn
 
 __all__ = ["auroc", "format_markdown", "load_subjects", "main", "run_study"]
 

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from bundle.tools import BUNDLE_ROOT
 
 CONFIGS = BUNDLE_ROOT / "configs"
@@ -50,7 +49,6 @@ RUNS = (("3 mm version", "3mm", "weights"), ("1 mm, resampled", "1mm", "weights"
 def make_subjects(out: Path, num_subjects: int, seed: int) -> dict[str, list[dict[str, str]]]:
     """``num_subjects`` look-alike subjects at 1 mm and their 3 mm block averages; records per grid."""
     import nibabel as nib
-
     from bundle.data.mni import block_average, mni152_grid
     from bundle.data.synthetic.atlas import generate_atlas_like_dataset
 
@@ -95,9 +93,8 @@ def legacy_copy(bundle_dir: Path, out: Path) -> Path:
 
 def evaluate(bundle_dir: Path, records: list[dict[str, str]], out: Path, threads: int | None) -> dict[str, dict]:
     """The evaluation workflow on ``records``; per subject: Dice and seconds."""
-    from monai.bundle import run as bundle_run
-
     from bundle.data.records import write_split_datalist
+    from monai.bundle import run as bundle_run
 
     datalist = write_split_datalist({"test": records}, out / "datalist.json")
     bundle_run(

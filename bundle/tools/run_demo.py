@@ -76,7 +76,6 @@ def install_weights(trained_dir: Path, models_dir: Path) -> list[Path]:
 def _summarise_data(dataset_dir: Path) -> None:
     """Load every demo subject back through the bundle's preprocessing and print a table."""
     import numpy as np
-
     from bundle.data.synthetic.atlas import load_atlas_like_records
     from bundle.transforms.brain import brain_preprocessing
 
@@ -185,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key:>12}: {mean[key]:.4f}")
     installed = install_weights(BUNDLE_ROOT / out / "models", BUNDLE_ROOT / "models")
     if installed:
-        print(f"\nWeights copied into models/ for the README's inference command: {', '.join(p.name for p in installed)}")
+        print(
+            f"\nWeights copied into models/ for the README's inference command: {', '.join(p.name for p in installed)}"
+        )
     else:
         print("\nmodels/ already holds weights: left as it is (this run's weights are in its models/ folder)")
     print(f"\nAll outputs: {out}/ (models/, mae/ and train/ logs and PNGs, eval/ metrics.csv, summary.json, overlays)")

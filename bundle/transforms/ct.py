@@ -37,15 +37,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.data import ImageReader, MetaTensor
-from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, MapTransform, Orientationd
-from scipy import ndimage
-
 from bundle.data.checks import hounsfield_problem, plain_values
 from bundle.metrics.calcium import calcium_candidates
 from bundle.metrics.segmentation import connectivity_structure
 from bundle.utils.errors import InvalidVolumeError, source_of
+from monai.config import KeysCollection
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, MapTransform, Orientationd
+from scipy import ndimage
 
 from .intensity import BinarizeLabeld
 from .io import LoadVolumed, ValidateVolumed

@@ -30,9 +30,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from monai.transforms import Compose
-
 from bundle.utils.errors import ConfigError
+from monai.transforms import Compose
 
 from .brain import brain_preprocessing, mni_brain_preprocessing, native_brain_preprocessing
 from .ct import ct_preprocessing

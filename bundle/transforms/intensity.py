@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from bundle.utils.errors import InvalidVolumeError, source_of
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
-
-from bundle.utils.errors import InvalidVolumeError, source_of
 
 __all__ = ["BinarizeLabeld", "ScaleIntensityPercentilesd"]
 

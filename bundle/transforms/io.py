@@ -28,14 +28,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.data import ImageReader, MetaTensor
-from monai.transforms import LoadImage, LoadImaged, MapTransform, SaveImaged
-
 from bundle.data.dicom import DicomSeriesReader
 from bundle.data.inputs import prediction_path
 from bundle.data.writers import AtomicNibabelWriter, PredictionLayout
 from bundle.utils.errors import InvalidVolumeError, source_of
+from monai.config import KeysCollection
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import LoadImage, LoadImaged, MapTransform, SaveImaged
 
 __all__ = ["LoadVolumed", "SavePredictiond", "ValidateVolumed"]
 

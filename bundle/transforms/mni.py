@@ -35,15 +35,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import InvertibleTransform, MapTransform, SpatialResample
-from monai.utils import TraceKeys
-
 from bundle.data.mni import MNITemplate, check_resolution, mni152_grid
 from bundle.registration import register_affine_to_mni
 from bundle.utils.errors import InvalidVolumeError, source_of
 from bundle.utils.geometry import as_affine, ras_affine, voxel_spacing
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import InvertibleTransform, MapTransform, SpatialResample
+from monai.utils import TraceKeys
 
 __all__ = ["MNI152_BRAIN_BOX_MM", "EnsureMNIGridd", "RegisterToMNId", "check_mni_grid", "check_mni_space"]
 

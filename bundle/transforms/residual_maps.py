@@ -79,14 +79,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bundle.networks.mae import load_mae
+from bundle.networks.masking import num_masked_patches, random_masks, stratified_masks
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 from torch import nn
-
-from bundle.networks.mae import load_mae
-from bundle.networks.masking import num_masked_patches, random_masks, stratified_masks
 
 __all__ = [
     "ConcatResidualMapsd",

@@ -16,11 +16,10 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
+from bundle.utils.flags import as_flag
 from monai.config import KeysCollection
 from monai.transforms import InvertibleTransform, MapTransform, Spacing
 from monai.utils import ensure_tuple_rep
-
-from bundle.utils.flags import as_flag
 
 __all__ = ["ResampleToSpacingd", "ResizeSliced"]
 

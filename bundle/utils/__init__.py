@@ -1,5 +1,6 @@
 """The ground floor of the bundle: files written atomically, errors that name the file, switches
-and devices from the command line, affine helpers. Imports nothing else of the bundle."""
+and devices from the command line, affine helpers, the check that a bundle folder runs its own
+code. Imports nothing else of the bundle."""
 
 from .cli import install_cli_error_handler, is_bundle_cli
 from .errors import (
@@ -10,6 +11,7 @@ from .errors import (
     FolderRunError,
     InferenceError,
     InvalidVolumeError,
+    PackageConflictError,
     TrainingError,
     describe_error,
     find_volume_error,
@@ -20,6 +22,7 @@ from .errors import (
 from .flags import amp_enabled, as_device, as_flag
 from .geometry import LPS_FLIP, as_affine, ras_affine, voxel_spacing
 from .io import atomic_output, file_digest, json_safe, write_csv, write_json, write_text
+from .origin import PACKAGE_DIR, check_package_origin, models_dir, package_digest
 from .runtime import (
     ddp_device_ids,
     default_device,
@@ -31,6 +34,7 @@ from .runtime import (
 
 __all__ = [
     "LPS_FLIP",
+    "PACKAGE_DIR",
     "BundleError",
     "CheckpointError",
     "ConfigError",
@@ -38,12 +42,14 @@ __all__ = [
     "FolderRunError",
     "InferenceError",
     "InvalidVolumeError",
+    "PackageConflictError",
     "TrainingError",
     "amp_enabled",
     "as_affine",
     "as_device",
     "as_flag",
     "atomic_output",
+    "check_package_origin",
     "ddp_device_ids",
     "default_device",
     "distributed_device",
@@ -57,6 +63,8 @@ __all__ = [
     "is_bundle_cli",
     "json_safe",
     "message_naming",
+    "models_dir",
+    "package_digest",
     "ras_affine",
     "source_of",
     "user_error",

@@ -30,18 +30,25 @@ from typing import Any
 from .errors import user_error
 from .flags import as_flag
 
-__all__ = ["install_cli_error_handler", "is_bundle_cli"]
+__all__ = ["CLI_MAIN_MODULES", "install_cli_error_handler", "is_bundle_cli"]
 
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+#: ``__main__`` modules of the command lines that run the workflows: MONAI's bundle command line
+#: (``python -m monai.bundle``, ``torchrun -m monai.bundle``) and MONAI Label's task process
+#: (``python -m monailabel.interfaces.utils.app -m train``, whose last 20 output lines are what
+#: ``GET /train/`` shows)
+CLI_MAIN_MODULES = ("monai.bundle.__main__", "monai.bundle", "monailabel.interfaces.utils.app")
+
+
 def is_bundle_cli() -> bool:
-    """Whether this process is MONAI's bundle command line (``python -m monai.bundle``, torchrun -m)."""
+    """Whether this process is a command line that runs a workflow (see :data:`CLI_MAIN_MODULES`)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
-    return spec is not None and spec.name in ("monai.bundle.__main__", "monai.bundle")
+    return spec is not None and spec.name in CLI_MAIN_MODULES
 
 
 def _write_traceback(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> str | None:
@@ -65,8 +72,10 @@ def install_cli_error_handler(debug: Any = False, force: bool = False) -> bool:
     to a log file named at the end of that line) and leaves the exit status at 1; any other
     exception, and every exception with ``debug``, prints Python's usual traceback.
 
-    It acts only in the bundle command line (``python -m monai.bundle ...``): a process that runs
-    the configs itself (MONAI Label, tests, notebooks) keeps its own error handling.
+    It acts only in the command lines of :data:`CLI_MAIN_MODULES` (``python -m monai.bundle ...``
+    and MONAI Label's training process, so that ``GET /train/`` ends with the one line): a process
+    that runs the configs itself (the MONAI Label server, tests, notebooks) keeps its own error
+    handling.
 
     Args:
         debug: the ``debug`` switch of the configs (a bool or a command-line string).

@@ -39,6 +39,7 @@ __all__ = [
     "FolderRunError",
     "InferenceError",
     "InvalidVolumeError",
+    "PackageConflictError",
     "TrainingError",
     "describe_error",
     "find_volume_error",
@@ -74,6 +75,11 @@ class InferenceError(BundleError, RuntimeError):
 
 class FolderRunError(BundleError, RuntimeError):
     """A run over several inputs finished, but some of them failed (the report names them)."""
+
+
+class PackageConflictError(BundleError, RuntimeError):
+    """A bundle folder whose ``bundle/`` code differs from the package the process already runs
+    (two versions of the bundle in one MONAI Label server); the message names both folders."""
 
 
 class TrainingError(BundleError, RuntimeError):

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
-
 from bundle.utils.io import atomic_output
 
 __all__ = ["axial_axis", "lesion_slice_index", "take_slice", "OverlaySlices", "overlay_figure", "save_overlay"]

@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
-
 from bundle.data.inputs import list_inputs
 from bundle.data.msd_lung import load_msd_lung
 from bundle.data.orcascore import find_orcascore_scans
 from bundle.data.synthetic.atlas import generate_atlas_like_dataset
 from bundle.data.synthetic.ct import generate_msd_lung_like, generate_orcascore_like
+from monai.bundle import ConfigParser
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monai.data import load_decathlon_datalist
-
 from bundle.data.atlas import atlas_subset_splits, find_atlas_subjects
 from bundle.data.synthetic.atlas import (
     ATLAS_IMAGE_SUFFIX,
@@ -29,6 +27,7 @@ from bundle.data.synthetic.atlas import (
     load_atlas_like_records,
 )
 from bundle.tools import prepare_dataset
+from monai.data import load_decathlon_datalist
 
 
 def _touch_subject(root: Path, cohort: int, number: int, label: bool = True, split: str = "Training") -> Path:

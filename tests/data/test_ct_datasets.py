@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monai.data import load_decathlon_datalist
-
 from bundle.data.msd_lung import load_msd_lung, msd_lung_split
 from bundle.data.orcascore import find_orcascore_scans, orcascore_split
 from bundle.data.records import split_sizes, write_split_datalist
 from bundle.data.synthetic.ct import generate_msd_lung_like, generate_orcascore_like, write_metaimage
+from monai.data import load_decathlon_datalist
 
 
 def _records(n: int, prefix: str = "case") -> list[dict]:

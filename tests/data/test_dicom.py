@@ -20,9 +20,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from monai.data import MetaTensor
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImage
-
 from bundle.data.dicom import (
     CT_IMAGE_STORAGE,
     DicomSeriesError,
@@ -34,6 +31,8 @@ from bundle.data.dicom import (
     write_dicom_series,
 )
 from bundle.utils.errors import find_volume_error
+from monai.data import MetaTensor
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImage
 
 SHAPE = (14, 11, 7)  # X (columns), Y (rows), Z (slices): all different to catch transposes
 

@@ -9,13 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import DataLoader, MetaTensor
-from monai.transforms import Compose, RandFlipd
-from torch.utils.data import WeightedRandomSampler
-
 from bundle.data.slices import VolumeSliceDataset, slice_sampling_weights
 from bundle.transforms.brain import brain_preprocessing
 from bundle.utils.errors import InvalidVolumeError, find_volume_error
+from monai.data import DataLoader, MetaTensor
+from monai.transforms import Compose, RandFlipd
+from torch.utils.data import WeightedRandomSampler
 
 SHAPE = (12, 10, 9)  # X, Y, Z; slices along Z (axis -1)
 LESION_SLICES = (2, 5, 6)
@@ -217,17 +216,22 @@ def test_clear_errors_name_the_files(volumes: list[dict], tmp_path: Path) -> Non
 def test_disk_cache_and_no_cache(volumes: list[dict], tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     first = VolumeSliceDataset(volumes, brain_preprocessing(), select="lesion", cache="disk", cache_dir=cache_dir)
-    assert len(list(cache_dir.glob("*.pt"))) == 2
-    for rec in volumes:  # a second run reads the cached volumes, not the files
-        os.remove(rec["image"])
+    entries = {p: p.stat().st_mtime_ns for p in cache_dir.glob("*.pt")}
+    assert len(entries) == 2
+    # a second run reads the cached volumes: no entry is computed or written again
     second = VolumeSliceDataset(volumes, brain_preprocessing(), select="lesion", cache="disk", cache_dir=cache_dir)
+    assert {p: p.stat().st_mtime_ns for p in cache_dir.glob("*.pt")} == entries
     assert _pairs(second) == _pairs(first)
     a, b = first[1], second[1]
     assert torch.equal(a["image"], b["image"]) and torch.allclose(a["image"].affine, b["image"].affine)
     assert b["image"].meta["filename_or_obj"] == volumes[0]["image"]
-    # without a cache the files are read on access, so the deleted files are reported
-    with pytest.raises(FileNotFoundError, match="nowhere|a_img"):
-        VolumeSliceDataset(volumes, brain_preprocessing(), cache=None)
+    # the cache is keyed by the files' contents (tests/data/test_cache.py): it serves nothing for a
+    # file that is gone, which is reported with or without a cache
+    for rec in volumes:
+        os.remove(rec["image"])
+    for cache in ("disk", None):
+        with pytest.raises(FileNotFoundError, match="nowhere|a_img"):
+            VolumeSliceDataset(volumes, brain_preprocessing(), cache=cache, cache_dir=cache_dir)
 
 
 def test_bad_arguments(volumes: list[dict]) -> None:

@@ -15,9 +15,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
-from scipy import ndimage
-
 from bundle.data.mni import MNI152_AFFINE, MNI152_SHAPE, block_average, load_mni152_template, mni152_grid
 from bundle.data.synthetic.atlas import (
     ATLAS_LESION_INDEX,
@@ -27,6 +24,8 @@ from bundle.data.synthetic.atlas import (
     load_atlas_like_records,
     parse_atlas_subject_id,
 )
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[2]
 RESOLUTION = 3

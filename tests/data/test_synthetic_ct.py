@@ -9,10 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.data import load_decathlon_datalist
-from monai.transforms import LoadImage
-from scipy import ndimage
-
 from bundle.data.synthetic.ct import (
     CT_TISSUE_NAMES,
     MSD_LUNG_NODULE_INDEX,
@@ -24,6 +20,9 @@ from bundle.data.synthetic.ct import (
     write_metaimage,
 )
 from bundle.metrics.calcium import agatston_scores, calcium_candidates
+from monai.data import load_decathlon_datalist
+from monai.transforms import LoadImage
+from scipy import ndimage
 
 LUNG_SHAPE, LUNG_SPACING = (96, 96, 48), (3.0, 3.0, 5.0)
 LUNG_CASES, LUNG_TEST = 4, 1

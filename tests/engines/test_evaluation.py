@@ -17,14 +17,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import ConfigParser
-
 from bundle.data.atlas import find_atlas_subjects
 from bundle.data.records import split_records
 from bundle.engines.evaluation import EvaluationRunner, check_label
 from bundle.metrics.segmentation import SEGMENTATION_METRIC_KEYS, segmentation_metrics
 from bundle.utils.errors import FolderRunError, InvalidVolumeError, describe_error, user_error
 from bundle.visualize.overlay import axial_axis, lesion_slice_index
+from monai.bundle import ConfigParser
+
 from tests.helpers import CONFIGS, REPO, make_parser, run_config
 
 EVAL_CONFIGS = ("inference.json", "evaluate.json")

@@ -23,9 +23,9 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-
 from bundle.data.dicom import write_dicom_series
 from bundle.networks import ModelSettings
+
 from tests.helpers import CONFIGS, REPO
 
 CASES_RUN_AT_ONCE = 2  # the CI machine has two cores

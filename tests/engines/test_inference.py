@@ -17,16 +17,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
-from monai.inferers import SliceInferer
-from monai.transforms import Invertd
-
 from bundle.engines.inference import SegmentationRunner
 from bundle.networks import MODEL_SETTING_DEFAULTS
 from bundle.networks.checkpoint import load_network_weights
 from bundle.networks.grcsf import grcsf_preset
 from bundle.transforms.io import SavePredictiond
 from bundle.utils.errors import CheckpointError, FolderRunError, InferenceError, describe_error, user_error
+from monai.bundle import ConfigParser
+from monai.inferers import SliceInferer
+from monai.transforms import Invertd
+
 from tests.helpers import CONFIGS, SMALL, flip_to_lps, make_parser, run_config
 
 

@@ -8,12 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
-from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.bundle import run as bundle_run
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.networks.nets import PatchDiscriminator
-
 from bundle.data.slices import VolumeSliceDataset
 from bundle.data.synthetic.atlas import generate_atlas_like_dataset
 from bundle.engines.mae_training import MAETrainingStep, MAEValidationStep, mae_mask_ratios, mae_run_name
@@ -21,6 +15,11 @@ from bundle.handlers.mae_samples import MAESamplesHandler
 from bundle.handlers.metrics import MeanOutput, mae_validation_metrics
 from bundle.networks.mae import MAEArchitecture, MaskedAutoencoderViT, load_mae, mae_preset
 from bundle.utils.flags import as_flag
+from ignite.engine import Events
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import run as bundle_run
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.networks.nets import PatchDiscriminator
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [str(ROOT / "configs" / "train_mae.json"), str(ROOT / "configs" / "demo.json")]

@@ -20,11 +20,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.losses import DiceFocalLoss, FocalLoss
-from monai.transforms import Compose, Transform
-
 from bundle.data.cache import DiskCachedTransform
 from bundle.data.records import check_records, split_records
 from bundle.data.slices import num_slices_per_epoch
@@ -36,6 +31,10 @@ from bundle.losses import build_loss
 from bundle.networks.mae import mae_preset, save_mae
 from bundle.optimizers import WarmupCosineLR
 from bundle.utils.errors import InvalidVolumeError
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.losses import DiceFocalLoss, FocalLoss
+from monai.transforms import Compose, Transform
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "demo.json")]
@@ -428,6 +427,101 @@ def test_ddp_two_processes_gloo(shared: dict[str, str], tmp_path: Path) -> None:
     assert not any(k.startswith("module.") for k in weights)  # saved unwrapped from DDP
 
 
+def _label_records(shared: dict[str, str]) -> list[dict[str, str]]:
+    """``{"image", "label"}`` path records of the toy data set, as MONAI Label's datastore lists them."""
+    images = sorted(Path(shared["dataset_dir"]).rglob("*_T1w.nii.gz"))
+    return [
+        {"image": str(p), "label": str(p).replace("_T1w.nii.gz", "_label-L_desc-T1lesion_mask.nii.gz")} for p in images
+    ]
+
+
+def _monai_label_overrides(shared: dict[str, str], bundle_root: Path, records: list[dict[str, str]]) -> dict[str, Any]:
+    """What MONAI Label 0.8.5's BundleTrainTask passes to ``monai.bundle.run`` for a request
+    ``{"max_epochs": 1, "val_split": 0, "device": "cpu", "model_filename": "model.pt"}``: the device as a
+    string, the datastore's records, an empty validation list, the config's own train#handlers (with
+    its CheckpointLoader of models/model.pt in front once that file exists) and the displayable_configs
+    taken from the request."""
+    parser = ConfigParser()
+    parser.read_config(CONFIGS)
+    handlers = parser.get("train#handlers")
+    model = bundle_root / "models" / "model.pt"
+    if model.is_file():  # MONAI Label's _load_checkpoint: pretrained, strict=False
+        handlers.insert(
+            0,
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": str(model),
+                "load_dict": {"model": "$@network"},
+                "strict": False,
+            },
+        )
+    toy = {
+        k: v
+        for k, v in _overrides(shared, bundle_root).items()
+        if k not in ("max_epochs", "dataset_dir", "bundle_root")
+    }
+    return {
+        **toy,
+        "bundle_root": str(bundle_root),
+        "train#trainer#max_epochs": 1,
+        "train#dataset#data": records,
+        "device": "cpu",
+        "train#handlers": handlers,
+        "displayable_configs": {"model_filename": "model.pt"},
+        "validate#dataset#data": [],
+    }
+
+
+def test_monai_label_training_without_validation_writes_the_model(shared: dict[str, str], tmp_path: Path) -> None:
+    """MONAI Label's /train with val_split 0: string device, no validation data -- models/model.pt is written
+    (the validator's best-model saver never runs), and a second request starts from it."""
+    from monai.bundle import run as bundle_run
+
+    records = _label_records(shared)[:2]
+    model = tmp_path / "models" / "model.pt"
+    bundle_run(
+        run_id="run",
+        init_id=None,
+        final_id=None,
+        config_file=CONFIGS,
+        **_monai_label_overrides(shared, tmp_path, records),
+    )
+    assert model.is_file(), "a run without validation data wrote no models/model.pt"
+    first = torch.load(model, weights_only=True)
+    assert set(first) == {"model", "model_settings"} and first["model_settings"]["mae_sha256"]
+    # the next request loads it (MONAI Label's CheckpointLoader, which reads the "model" key) and replaces it
+    overrides = _monai_label_overrides(shared, tmp_path, records)
+    assert overrides["train#handlers"][0]["_target_"] == "CheckpointLoader"
+    bundle_run(run_id="run", init_id=None, final_id=None, config_file=CONFIGS, **overrides)
+    second = torch.load(model, weights_only=True)
+    changed = [k for k in first["model"] if not torch.equal(first["model"][k], second["model"][k])]
+    assert changed, "the second run did not replace models/model.pt"
+
+
+def test_retraining_sees_a_label_edited_in_place(shared: dict[str, str], tmp_path: Path) -> None:
+    """A label corrected in place (MONAI Label saves labels/final/<id>.nii.gz again) reaches the next
+    training run's slices, though the residual-map cache of the first run holds the record's old label."""
+    record = dict(_label_records(shared)[0])
+    label = tmp_path / "label.nii.gz"
+    label.write_bytes(Path(record["label"]).read_bytes())
+    record["label"] = str(label)
+    overrides = {**_monai_label_overrides(shared, tmp_path, [record]), "cache_dir": str(tmp_path / "cache")}
+
+    def lesion_voxels() -> int:
+        workflow = ConfigWorkflow(config_file=CONFIGS, workflow_type="train", logging_file=False, **overrides)
+        workflow.initialize()
+        # MONAI Label sets the epochs as train#trainer#max_epochs: the lr schedule follows them
+        assert workflow.parser.get_parsed_content("lr_scheduler").max_epochs == 1
+        return int(workflow.parser.get_parsed_content("train#dataset").lesion_voxels.sum())
+
+    assert lesion_voxels() > 0
+    mtime = label.stat().st_mtime_ns
+    image = nib.load(label)
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine, image.header), str(label))  # erased
+    os.utime(label, ns=(mtime, mtime))
+    assert lesion_voxels() == 0, "the second run trained on the cached old label"
+
+
 class _CountingScale(Transform):
     """A deterministic MONAI transform that counts its calls (module level: picklable for hashing)."""
 
@@ -484,3 +578,26 @@ def test_disk_cache_leaves_the_global_rng_alone(tmp_path: Path) -> None:
         after = torch.rand(1)
         torch.manual_seed(0)
         assert torch.equal(after, torch.rand(1))
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    """A log file or MONAI Label's task output gets no progress-bar redraws (its last 20 lines are /train's details)."""
+    import io
+
+    from bundle.handlers.progress import ProgressBarHandler
+
+    class _Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    counts = {}
+    for name, stream, enabled in (
+        ("terminal", _Terminal(), True),
+        ("pipe", io.StringIO(), True),
+        ("off", _Terminal(), "false"),
+    ):
+        engine = Engine(lambda e, b: 0.0)
+        before = sum(len(h) for h in engine._event_handlers.values())
+        ProgressBarHandler(enabled=enabled, stream=stream).attach(engine)
+        counts[name] = sum(len(h) for h in engine._event_handlers.values()) - before
+    assert counts["terminal"] > 0 and counts["pipe"] == 0 and counts["off"] == 0, counts

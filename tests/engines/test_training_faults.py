@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle.handlers import AtomicCheckpointSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from bundle.handlers import AtomicCheckpointSaver
 from tests.helpers import CONFIGS, REPO
 
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")

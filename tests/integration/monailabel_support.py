@@ -12,15 +12,31 @@
 
 - :func:`ensure_venv` builds (once) and returns the virtual environment of
   ``requirements-monailabel.txt``: a cache folder ``~/.cache/grcsf-bundle/monailabel-venv-<hash>``
-  named by the hash of the requirements and the Python version, built under a file lock so that
-  concurrent runs wait for one build, and marked complete only at the end (an interrupted build is
-  removed and redone). ``GRCSF_CACHE_DIR`` moves the cache.
+  (about 2.3 GB; outside pytest's temporary folders, so that it is built once per machine) named
+  by the hash of the requirements, the Python version and :data:`BUILD_VERSION`, built under a
+  file lock so that concurrent runs wait for one build, and marked complete only at the end (an
+  interrupted build is removed and redone). ``GRCSF_CACHE_DIR`` moves the cache.
 - :func:`download_sample_app` copies the ``monaibundle`` sample app out of the installed
   ``monailabel`` package with its own CLI (``monailabel apps --download``); nothing is fetched.
 - :class:`MonaiLabelServer` starts ``monailabel start_server`` on 127.0.0.1 in its own process
   group, waits for ``/info/`` with a deadline and stops the whole group.
 
-Run as a script it builds the environment and prints its path (``python tests/integration/monailabel_support.py``).
+**The torchvision stand-in.** The lock installs the CPU build of torch and no torchvision:
+PyPI's torchvision wheels link the CUDA libraries of the CUDA torch build (``libtorch_cuda.so``),
+so beside a CPU torch ``import torchvision`` fails (``operator torchvision::nms does not exist``).
+monailabel 0.8.5 imports ``from torchvision.utils import make_grid, save_image`` at module level
+in ``monailabel/transform/post.py``, only for ``DumpImagePrediction2Dd``, a debugging transform of
+the pathology apps; the ``monaibundle`` app imports that module (through
+``monailabel.tasks.infer.bundle``), so without any ``torchvision`` the server does not start.
+After the install, :func:`write_torchvision_stand_in` writes a two-file package ``torchvision``
+into the environment: ``__version__ = "0.0.0"`` (MONAI's ``optional_import`` with a minimum
+version treats it as absent) and ``utils.make_grid`` / ``utils.save_image`` that raise
+``NotImplementedError`` if anything ever calls them. Nothing on the bundle's paths does (server
+start, /infer, /train, /datastore, /scoring). The stand-in is no part of the requirements hash;
+:data:`BUILD_VERSION` is, so changing it rebuilds cached environments.
+
+Run as a script it builds the environment and prints its path, versions, build time and size
+(``python tests/integration/monailabel_support.py``).
 """
 
 from __future__ import annotations
@@ -43,7 +59,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "requirements-monailabel.txt"
 #: bump when the build steps change, so that cached environments are rebuilt
-BUILD_VERSION = "1"
+#: (2: the lean CPU lock and the torchvision stand-in)
+BUILD_VERSION = "2"
 DEFAULT_CACHE_DIR = Path(os.environ.get("GRCSF_CACHE_DIR", Path.home() / ".cache" / "grcsf-bundle"))
 COMPLETE_MARKER = ".grcsf-venv-complete.json"
 
@@ -58,6 +75,55 @@ def _tail(path: Path, chars: int = 4000) -> str:
     except OSError:
         return f"(no log at {path})"
     return text[-chars:]
+
+
+#: the two files of the torchvision stand-in (see the module docstring)
+TORCHVISION_STAND_IN = {
+    "__init__.py": (
+        '"""Stand-in for torchvision in the CPU-only MONAI Label environment of the GRCSF bundle tests.\n\n'
+        "Not the real package: written by tests/integration/monailabel_support.py because PyPI's torchvision\n"
+        "needs the CUDA build of torch, and monailabel.transform.post imports torchvision.utils at module\n"
+        "level. Version 0.0.0: MONAI's optional_import(torchvision, min_version) treats it as absent.\n"
+        '"""\n\n__version__ = "0.0.0"\n'
+    ),
+    "utils.py": (
+        '"""make_grid and save_image for monailabel.transform.post; they raise if called."""\n\n\n'
+        "def _unavailable(*args, **kwargs):\n"
+        '    raise NotImplementedError("torchvision is not installed in this environment (a stand-in module)")\n\n\n'
+        "make_grid = _unavailable\nsave_image = _unavailable\n"
+    ),
+}
+
+
+def write_torchvision_stand_in(python: Path, log: Path, deadline: float, env: dict[str, str]) -> Path:
+    """Write :data:`TORCHVISION_STAND_IN` into the site-packages of the environment of ``python``."""
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    remaining = max(1.0, deadline - time.monotonic())
+    result = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, timeout=remaining, env=env, check=False
+    )
+    if result.returncode != 0:
+        raise MonaiLabelSetupError(f"site-packages of {python}: {result.stderr[-2000:]}")
+    package = Path(result.stdout.strip()) / "torchvision"
+    if package.exists():
+        raise MonaiLabelSetupError(f"{package} exists: the lock must not install torchvision (see its header)")
+    package.mkdir()
+    for name, text in TORCHVISION_STAND_IN.items():
+        (package / name).write_text(text)
+    with open(log, "a") as out:
+        out.write(f"\nwrote the torchvision stand-in {package}\n")
+    return package
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (links not followed), as ``du`` counts them roughly."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            file = Path(root) / name
+            if not file.is_symlink():
+                total += file.stat().st_size
+    return total
 
 
 def venv_key(requirements: Path = REQUIREMENTS) -> str:
@@ -110,8 +176,9 @@ def ensure_venv(
     """The MONAI Label virtual environment of ``requirements``, built on first use.
 
     Build: ``python -m venv``, then ``pip install --no-deps -r requirements`` (a complete lock:
-    nothing else is resolved, so no other torch is pulled in), then an import check of
-    monailabel, monai, torch and torchvision.
+    nothing else is resolved, so no other torch is pulled in), then the torchvision stand-in
+    (module docstring), then an import check of monailabel's server-side bundle tasks, monai and
+    torch. The completion marker records the versions, the build time and the size.
 
     Returns:
         the environment folder (``bin/python``, ``bin/monailabel``).
@@ -155,16 +222,18 @@ def ensure_venv(
             "pip install -r requirements-monailabel.txt",
             env,
         )
+        write_torchvision_stand_in(Path(python), log, deadline, env)
         check = (
             "import json, monai, monailabel, numpy, torch, torchvision; "
+            "import monailabel.tasks.infer.bundle, monailabel.tasks.train.bundle, monailabel.tasks.scoring.epistemic_v2; "
             "print(json.dumps({'monailabel': monailabel.__version__, 'monai': monai.__version__, "
             "'torch': torch.__version__, 'torchvision': torchvision.__version__, 'numpy': numpy.__version__}))"
         )
         _run_logged([python, "-c", check], log, deadline, "import check", env)
         versions = json.loads(log.read_text().strip().splitlines()[-1])
-        marker.write_text(
-            json.dumps({**versions, "build_seconds": round(time.monotonic() - start, 1), "key": key}) + "\n"
-        )
+        seconds = round(time.monotonic() - start, 1)
+        size_gb = round(folder_size(venv) / 1e9, 2)
+        marker.write_text(json.dumps({**versions, "build_seconds": seconds, "size_gb": size_gb, "key": key}) + "\n")
     return venv
 
 
@@ -173,11 +242,19 @@ def venv_info(venv: Path) -> dict[str, Any]:
     return json.loads((venv / COMPLETE_MARKER).read_text())
 
 
-def venv_env(venv: Path) -> dict[str, str]:
-    """Environment variables of a process run "inside" the activated venv (no PYTHONPATH leaks in)."""
+def venv_env(venv: Path, threads: int | None = None) -> dict[str, str]:
+    """Environment variables of a process run "inside" the activated venv (no PYTHONPATH leaks in).
+
+    ``threads``: the CPU threads of torch (``OMP_NUM_THREADS``), None for torch's choice (one per
+    core). On a machine shared with other jobs one thread is the predictable choice: OpenMP threads
+    that wait for a busy core spin, and the test measured a network's forward pass 8 times slower
+    with 2 threads than with 1 on a 2-core machine with one core taken.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["VIRTUAL_ENV"] = str(venv)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
     return env
 
 
@@ -225,6 +302,142 @@ def http_post(url: str, timeout_s: float) -> tuple[bytes, str]:
         raise MonaiLabelSetupError(f"POST {url}: HTTP {e.code}: {e.read()[:2000]!r}") from e
 
 
+def _summary(body: bytes, content_type: str) -> Any:
+    """What a response body is, for the transcript: its JSON, or its size and type."""
+    if "json" in content_type:
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError:
+            pass
+    return f"<{len(body)} bytes, {content_type or 'no content type'}>"
+
+
+class MonaiLabelClient:
+    """HTTP calls to a MONAI Label server, each recorded (request and response) in :attr:`transcript`.
+
+    Args:
+        url: the server, e.g. ``http://127.0.0.1:8000``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.transcript: list[dict[str, Any]] = []
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        timeout_s: float,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        shown_body: Any = None,
+        note: str = "",
+    ) -> tuple[int, bytes, str]:
+        """One request; returns (HTTP status, body, content type). Error statuses are returned, not raised."""
+        headers = {"Content-Type": content_type} if content_type else {}
+        request = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=headers)
+        start = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                status, data, kind = response.status, response.read(), response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            status, data, kind = e.code, e.read(), e.headers.get("Content-Type", "")
+        self.transcript.append(
+            {
+                "request": f"{method} {path}",
+                "body": shown_body,
+                "status": status,
+                "response": _summary(data, kind),
+                "seconds": round(time.monotonic() - start, 1),
+                "note": note,
+            }
+        )
+        return status, data, kind
+
+    def annotate(self, text: str) -> None:
+        """Add ``text`` to the note of the last recorded call (what the test found in its response)."""
+        last = self.transcript[-1]
+        last["note"] = f"{last['note']}\n\n{text}".strip()
+
+    def get_json(self, path: str, timeout_s: float = 30.0, note: str = "") -> Any:
+        status, data, _ = self.call("GET", path, timeout_s, note=note)
+        if status != 200:
+            raise MonaiLabelSetupError(f"GET {path}: HTTP {status}: {data[:2000]!r}")
+        return json.loads(data)
+
+    def post_json(self, path: str, payload: dict[str, Any] | None, timeout_s: float = 60.0, note: str = "") -> Any:
+        """POST a JSON body (MONAI Label's ``params`` of /train and /scoring); returns the JSON answer."""
+        body = json.dumps(payload or {}).encode("utf-8")
+        status, data, _ = self.call("POST", path, timeout_s, body, "application/json", payload, note)
+        if status != 200:
+            raise MonaiLabelSetupError(f"POST {path}: HTTP {status}: {data[:2000]!r}")
+        return json.loads(data)
+
+    def infer(self, model: str, image_id: str, timeout_s: float = 600.0, note: str = "") -> bytes:
+        """``POST /infer/<model>?image=<id>&output=image``: the label volume (gzipped NIfTI bytes)."""
+        path = f"/infer/{model}?image={image_id}&output=image"
+        status, data, kind = self.call("POST", path, timeout_s, b"", "application/x-www-form-urlencoded", note=note)
+        if status != 200 or data[:2] != b"\x1f\x8b":
+            raise MonaiLabelSetupError(f"POST {path}: HTTP {status} ({kind}): {data[:2000]!r}")
+        return data
+
+    def put_label(self, image_id: str, label: Path, tag: str = "final", timeout_s: float = 60.0, note: str = "") -> Any:
+        """``PUT /datastore/label?image=<id>&tag=<tag>`` with the file as multipart ``label`` (Submit Label)."""
+        boundary = f"grcsf-{os.getpid()}-{time.monotonic_ns()}"
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n'.encode(),
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="{label.name}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + label.read_bytes()
+            + b"\r\n",
+            f"--{boundary}--\r\n".encode(),
+        ]
+        path = f"/datastore/label?image={image_id}&tag={tag}"
+        shown = {"params": "{}", "label": f"<{label.name}, {label.stat().st_size} bytes>"}
+        status, data, _ = self.call(
+            "PUT", path, timeout_s, b"".join(parts), f"multipart/form-data; boundary={boundary}", shown, note
+        )
+        if status != 200:
+            raise MonaiLabelSetupError(f"PUT {path}: HTTP {status}: {data[:2000]!r}")
+        return json.loads(data)
+
+    def wait_task(self, kind: str, timeout_s: float, poll_s: float = 3.0) -> dict[str, Any]:
+        """Poll ``GET /<kind>/`` (train, scoring) until the latest task ends; returns it (DONE or ERROR).
+
+        Only the last poll is kept in the transcript.
+        """
+        deadline = time.monotonic() + timeout_s
+        polls = 0
+        while True:
+            status, data, _ = self.call("GET", f"/{kind}/", 30.0)
+            polls += 1
+            task = json.loads(data) if status == 200 else {}
+            done = task.get("status") in ("DONE", "ERROR", "STOPPED")
+            if not done:
+                self.transcript.pop()
+            if done:
+                self.transcript[-1]["note"] = f"polled {polls} times until the task ended"
+                return task
+            if time.monotonic() > deadline:
+                raise MonaiLabelSetupError(f"{kind} did not end within {timeout_s:.0f} s: {task}")
+            time.sleep(poll_s)
+
+    def write_transcript(self, path: Path, title: str) -> Path:
+        """The recorded calls as Markdown (one section per call)."""
+        lines = [f"# {title}", ""]
+        for i, entry in enumerate(self.transcript, start=1):
+            lines += [f"## {i}. `{entry['request']}` -> HTTP {entry['status']} ({entry['seconds']} s)", ""]
+            if entry["note"]:
+                lines += [entry["note"], ""]
+            if entry["body"] is not None:
+                lines += ["Request body:", "", "```json", json.dumps(entry["body"], indent=2), "```", ""]
+            lines += ["Response:", "", "```json", json.dumps(entry["response"], indent=2, default=str), "```", ""]
+        path.write_text("\n".join(lines))
+        return path
+
+
 class MonaiLabelServer:
     """``monailabel start_server`` of ``app_dir`` on 127.0.0.1, in its own process group.
 
@@ -235,13 +448,21 @@ class MonaiLabelServer:
         conf: ``--conf`` pairs, e.g. ``{"models": "grcsf_lesion_segmentation"}``.
         log_path: where the server's output goes.
         workdir: the server's working folder and home of its session files.
+        threads: CPU threads of torch in the server and its task processes (:func:`venv_env`).
     """
 
     def __init__(
-        self, venv: Path, app_dir: Path, studies: Path, conf: dict[str, str], log_path: Path, workdir: Path
+        self,
+        venv: Path,
+        app_dir: Path,
+        studies: Path,
+        conf: dict[str, str],
+        log_path: Path,
+        workdir: Path,
+        threads: int | None = None,
     ) -> None:
         self.venv, self.app_dir, self.studies, self.conf = venv, app_dir, studies, dict(conf)
-        self.log_path, self.workdir = log_path, workdir
+        self.log_path, self.workdir, self.threads = log_path, workdir, threads
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -269,7 +490,7 @@ class MonaiLabelServer:
         Raises:
             MonaiLabelSetupError: the server exited or did not answer within ``timeout_s`` (with its log).
         """
-        env = venv_env(self.venv)
+        env = venv_env(self.venv, self.threads)
         # everything the server writes stays in the test's folders; no background jobs
         env.update(
             MONAI_LABEL_SESSION_PATH=str(self.workdir / "sessions"),
@@ -303,6 +524,21 @@ class MonaiLabelServer:
             f"MONAI Label server did not answer /info/ within {timeout_s:.0f} s; log {self.log_path}:\n"
             f"{_tail(self.log_path)}"
         )
+
+    def start_expecting_refusal(self, timeout_s: float = 300.0) -> str:
+        """Start the server when it should refuse to start; returns its log once it has exited.
+
+        Raises:
+            MonaiLabelSetupError: it answered ``/info/`` (it started) or did not exit within ``timeout_s``.
+        """
+        try:
+            info = self.start(timeout_s=timeout_s)
+        except MonaiLabelSetupError as e:
+            if str(e).startswith("MONAI Label server exited with"):
+                return self.log_path.read_text(errors="replace")
+            raise
+        self.stop()
+        raise MonaiLabelSetupError(f"the server started although it should have refused: {json.dumps(info)[:2000]}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM to the process group, SIGKILL after ``timeout_s``; safe to call twice."""

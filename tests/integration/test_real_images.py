@@ -15,12 +15,11 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from bundle.data import reference_cases
 from bundle.data.reference_cases import REFERENCE_CASES, fetch_reference_cases
 from bundle.tools import real_images
 from bundle.utils.errors import DatasetError
+from PIL import Image
 
 
 @pytest.fixture(scope="session")

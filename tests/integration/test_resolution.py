@@ -14,7 +14,6 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
-
 from bundle.tools import resolution_check
 
 TOLERANCE = 0.05

@@ -10,8 +10,9 @@
 # limitations under the License.
 """MONAI model-zoo readiness, checked with MONAI's own bundle tools.
 
-- configs/metadata.json: the fields and types of the bundle specification (checked here: MONAI's
-  ``verify_metadata`` downloads its JSON schema, and no installed package ships a copy), and
+- configs/metadata.json: MONAI's ``verify_metadata`` (what the zoo's ci/verify_bundle.py runs)
+  against a schema written from the bundle specification (tests/integration/metadata_schema.json;
+  MONAI's own schema files are online only), the fields and types checked one by one, and
   ``network_data_format`` against the network with ``monai.bundle.verify_net_in_out``;
 - ``python -m monai.bundle ckpt_export`` gives TorchScript with the PyTorch weights' outputs;
 - every config of configs/ (alone or merged as documented) parses and every id instantiates;
@@ -40,12 +41,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
-
 from bundle.data.synthetic.atlas import generate_atlas_like_dataset
 from bundle.networks import MODEL_SETTING_DEFAULTS
 from bundle.networks.mae import mae_preset, save_mae
 from bundle.tools import export_bundle as export_bundle
+from monai.bundle import ConfigParser
+
 from tests.helpers import SMALL, make_dataset, save_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,6 +188,31 @@ def test_metadata_fields_and_types() -> None:
             assert desc["dtype"] in ("float16", "float32", "float64", "uint8", "int64"), where
             assert isinstance(desc["value_range"], list) and isinstance(desc["is_patch_data"], bool), where
             assert sorted(desc["channel_def"], key=int) == [str(i) for i in range(desc["num_channels"])], where
+
+
+SCHEMA = Path(__file__).with_name("metadata_schema.json")
+
+
+def test_verify_metadata_against_the_specification(tmp_path: Path) -> None:
+    """MONAI's ``verify_metadata`` (what the zoo's ci/verify_bundle.py runs) with a schema written from
+    the bundle specification (tests/integration/metadata_schema.json; MONAI's own schema is online only):
+    it is placed where verify_metadata would download it, so nothing is fetched."""
+    from monai.bundle import verify_metadata
+
+    schema = tmp_path / "schema.json"
+    shutil.copy(SCHEMA, schema)
+    verify_metadata(meta_file=str(META), filepath=str(schema))
+    # the check has teeth: a metadata without a required field, or a tensor without its dtype, fails
+    for broken in ("required_packages_version", "network_data_format#inputs#image#dtype"):
+        meta = _metadata()
+        node, *path, last = [meta, *broken.split("#")]
+        for key in path:
+            node = node[key]
+        del node[last]
+        bad = tmp_path / "metadata.json"
+        bad.write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=f"'{last}' is a required property"):  # MONAI's one-line report
+            verify_metadata(meta_file=str(bad), filepath=str(schema))
 
 
 def test_metadata_describes_the_inference_config() -> None:
@@ -595,7 +621,8 @@ def test_verify_script_finds_corrupt_and_wrong_files(exported: dict[str, Path], 
         and str(copy / "models" / "mae.pt") in by_path["models/mae.pt"]["detail"]
     )
     assert by_path["models/model.ts"]["status"] == "error" and "does not exist" in by_path["models/model.ts"]["detail"]
-    assert export_bundle.verify_bundle(copy)[2]["status"] == "missing"  # absent is fine unless required
+    # absent without a url is an error even when files are not required: nothing could download it
+    assert export_bundle.verify_bundle(copy)[2]["status"] == "error"
 
     from monai.apps.utils import HashCheckError
     from monai.bundle import download_large_files
@@ -605,20 +632,36 @@ def test_verify_script_finds_corrupt_and_wrong_files(exported: dict[str, Path], 
 
 
 def test_repository_large_files_yml_and_verify_cli(tmp_path: Path) -> None:
-    entries = export_bundle.read_large_files(ROOT / "large_files.yml")
-    assert [e["path"] for e in entries] == ["models/model.pt", "models/mae.pt", "models/model.ts"]
-    assert all(e["hash_type"] == "md5" for e in entries)
-    # no weights are released: no hash may be promised for them
-    assert all(e["hash_val"] == "" and e["url"] == "" for e in entries)
-    # the CLI on a bundle without weights: listed as missing, an error only with --require-files
-    shutil.copy(ROOT / "large_files.yml", tmp_path / "large_files.yml")
-    script = [sys.executable, str(ROOT / "scripts" / "export_bundle.py"), "verify", str(tmp_path)]
-    relaxed = subprocess.run(script, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
-    strict = subprocess.run(
-        [*script, "--require-files"], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+    """No weights are released: large_files.yml lists none, and the downloaders of MONAI and the zoo
+    (which fail on an entry with an empty url whose file is absent) accept it."""
+    from monai.bundle import download_large_files
+
+    assert export_bundle.read_large_files(ROOT / "large_files.yml") == []
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(ROOT / "large_files.yml", bundle / "large_files.yml")
+    download_large_files(bundle_path=str(bundle))  # nothing to download, nothing fails
+    script = [sys.executable, str(ROOT / "scripts" / "export_bundle.py"), "verify", str(bundle)]
+    result = subprocess.run([*script, "--require-files"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and "no weights are released" in result.stdout, result.stdout + result.stderr
+
+    # an entry without a url whose file is absent is what broke the zoo's CI: verify reports it,
+    # and MONAI's downloader indeed fails on it
+    (bundle / "large_files.yml").write_text(
+        export_bundle.format_large_files([{"path": "models/model.pt", "url": "", "hash_val": "", "hash_type": "md5"}])
     )
-    assert relaxed.returncode == 0 and relaxed.stdout.count("missing") == 3, relaxed.stdout + relaxed.stderr
-    assert strict.returncode == 1 and strict.stdout.count("error") == 3, strict.stdout + strict.stderr
+    result = subprocess.run(script, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1 and "gives no url" in result.stdout, result.stdout + result.stderr
+    with pytest.raises(ValueError, match="unknown url type"):
+        download_large_files(bundle_path=str(bundle))
+
+
+def test_export_without_weights_lists_no_files(tmp_path: Path) -> None:
+    """The export for a zoo checkout (no weights): an empty large_files list the zoo's CI accepts."""
+    folder = export_bundle.export_bundle(tmp_path, models_dir=tmp_path / "no_models")
+    assert export_bundle.read_large_files(folder / "large_files.yml") == []
+    assert "large_files: []" in (folder / "large_files.yml").read_text()
+    assert not list((folder / "models").iterdir())
 
 
 # ------------------------------------------------------------------------- model card, licences
@@ -661,3 +704,30 @@ def test_model_card_follows_the_zoo_sections() -> None:
         assert command in card, command
     assert (ROOT / "docs" / "data_license.txt").read_text().strip()
     assert "Apache License" in (ROOT / "LICENSE").read_text()
+
+
+def test_zoo_subcommand_prepares_a_zoo_checkout(tmp_path: Path) -> None:
+    """``export_bundle.py zoo``: the bundle without weights in models/<name>, the unit tests in ci/unit_tests,
+    in a folder laid out as Project-MONAI/model-zoo (the real checkout's checks: docs/README.md)."""
+    zoo = tmp_path / "model-zoo"
+    (zoo / "ci" / "unit_tests").mkdir(parents=True)
+    (zoo / "models").mkdir()
+    (zoo / "ci" / "verify_bundle.py").write_text("# the zoo's script\n")
+    script = [sys.executable, str(ROOT / "scripts" / "export_bundle.py"), "zoo", str(zoo)]
+    result = subprocess.run(script, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    bundle = zoo / "models" / BUNDLE_NAME
+    assert (bundle / "configs" / "metadata.json").is_file() and (bundle / "bundle" / "__init__.py").is_file()
+    assert not list((bundle / "models").iterdir())  # no weights: none are released
+    assert export_bundle.read_large_files(bundle / "large_files.yml") == []
+    for name in export_bundle.ZOO_UNIT_TESTS:
+        assert (zoo / "ci" / "unit_tests" / name).read_bytes() == (
+            ROOT / "zoo" / "ci" / "unit_tests" / name
+        ).read_bytes()
+    for exclusion in ("exclude_verify_preferred_files_list", "exclude_verify_torchscript_list"):
+        assert exclusion in result.stdout
+    # nothing is overwritten without asking, and a folder that is not the zoo is refused
+    again = subprocess.run(script, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 1 and "exists" in again.stderr
+    elsewhere = subprocess.run([*script[:-1], str(tmp_path / "nowhere")], capture_output=True, text=True, check=False)
+    assert elsewhere.returncode == 1 and "not a checkout of Project-MONAI/model-zoo" in elsewhere.stderr

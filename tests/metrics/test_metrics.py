@@ -7,9 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
-from monai.handlers import IgniteMetricHandler
-
 from bundle.metrics.calcium import (
     AGATSTON_CATEGORY_NAMES,
     agatston_category,
@@ -30,6 +27,8 @@ from bundle.metrics.segmentation import (
     segmentation_metrics,
     summarise_lesion_bins,
 )
+from ignite.engine import Engine
+from monai.handlers import IgniteMetricHandler
 
 NAN = float("nan")
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
-from torch.utils.flop_counter import FlopCounterMode
-
 from bundle.networks import compensation
 from bundle.networks.compensation import (
     GlobalCompensationUnit,
@@ -17,6 +14,8 @@ from bundle.networks.compensation import (
     unpatchify,
 )
 from bundle.networks.grcsf import GRCSF, GRCSF_PRESETS, grcsf_preset
+from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
+from torch.utils.flop_counter import FlopCounterMode
 
 BACKBONES = ("unetplusplus", "unet")
 SMALL = GRCSF_PRESETS["small"]["features"]
@@ -418,9 +417,8 @@ def test_paper_preset_size_matches_the_paper():
 
 def test_rcu_attention_trains_on_metatensors() -> None:
     """Training batches are MONAI MetaTensors: the chunked RCU attention must run forward and backward on them."""
-    from monai.data import MetaTensor
-
     from bundle.networks.compensation import mixed_patch_attention
+    from monai.data import MetaTensor
 
     torch.manual_seed(0)
     leaf = torch.randn(3, 8, 4, dtype=torch.float64, requires_grad=True)
@@ -433,3 +431,14 @@ def test_rcu_attention_trains_on_metatensors() -> None:
     plain = mixed_patch_attention(queries.as_tensor(), keys.as_tensor(), values.as_tensor(), coefficients)
     assert out.shape == (3, 5, 4) and torch.allclose(out, plain)
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+def test_monai_label_epistemic_dropout_is_refused() -> None:
+    """MONAI Label's epistemic scoring sets network_def#dropout; the bundle does not offer it (docs/monailabel.md)."""
+    from bundle.networks import MODEL_SETTING_DEFAULTS, grcsf_from_settings
+    from bundle.utils.errors import ConfigError
+
+    settings = {**MODEL_SETTING_DEFAULTS, "network_preset": "small"}
+    assert isinstance(grcsf_from_settings(settings), GRCSF)  # without dropout: the network
+    with pytest.raises(ConfigError, match=r"epistemic scoring .*not supported.*wrong axes.*docs/monailabel.md"):
+        grcsf_from_settings(settings, dropout=0.2)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from bundle.networks.mae import MAE_PRESETS, MaskedAutoencoderViT, load_mae, mae_preset, save_mae, sincos_pos_embed_2d
 from bundle.networks.mae_checkpoint import load_official_mae_checkpoint
 from bundle.networks.masking import num_masked_patches, random_masks, stratified_masks

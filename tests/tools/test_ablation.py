@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import wilcoxon
-
 from bundle.tools import ablation as ablation
+from scipy.stats import wilcoxon
 
 EXPECTED_ARMS = ["unet", "unetpp", "unetpp_gcu", "unetpp_gcu_rcu_noscore", "grcsf", "grcsf_k2"]
 

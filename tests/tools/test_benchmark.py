@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from bundle.tools import benchmark as benchmark
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from bundle.data.synthetic.atlas import generate_atlas_like_dataset
 from bundle.networks.mae import mae_preset, save_mae
 from bundle.tools import residual_map_study as study

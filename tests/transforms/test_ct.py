@@ -19,13 +19,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Invertd
-
 from bundle.data.checks import hounsfield_problem
 from bundle.data.dicom import DicomSeriesError, ras_to_lps, write_dicom_series
 from bundle.transforms.ct import CT_WINDOWS, CalciumCandidatesd, HUWindow, HUWindowd, ct_preprocessing, resolve_window
 from bundle.utils.errors import InvalidVolumeError, find_volume_error
+from monai.data import MetaTensor
+from monai.transforms import Invertd
 
 SHAPE = (20, 16, 6)  # X, Y, Z
 # not RAS: X runs right-to-left, Y runs inferior-superior and Z posterior-anterior; anisotropic spacing

@@ -16,17 +16,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd
-from scipy import ndimage
-from scipy.spatial.transform import Rotation
-
 from bundle.data.mni import MNI152_AFFINE, MNI152_SHAPE, load_mni152_template, mni152_grid
 from bundle.data.synthetic.atlas import SyntheticAtlasParams, generate_atlas_like_dataset
 from bundle.registration import register_affine_to_mni
 from bundle.transforms.brain import brain_preprocessing, mni_brain_preprocessing, native_brain_preprocessing
 from bundle.transforms.mni import MNI152_BRAIN_BOX_MM, EnsureMNIGridd, RegisterToMNId, check_mni_grid, check_mni_space
 from bundle.utils.errors import InvalidVolumeError
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 FLIP_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

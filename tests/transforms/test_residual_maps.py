@@ -10,10 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor, PersistentDataset
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityRangePercentilesd
-from torch import nn
-
 from bundle.networks.mae import MaskedAutoencoderViT, mae_preset, save_mae
 from bundle.transforms.residual_maps import (
     ConcatResidualMapsd,
@@ -23,6 +19,9 @@ from bundle.transforms.residual_maps import (
     foreground_slice_indices,
     residual_maps_reference,
 )
+from monai.data import MetaTensor, PersistentDataset
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityRangePercentilesd
+from torch import nn
 
 AFFINE = np.array([[2.0, 0, 0, -40], [0, 2.0, 0, -50], [0, 0, 3.0, -10], [0, 0, 0, 1]])
 

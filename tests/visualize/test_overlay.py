@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
-
 from bundle.visualize.overlay import OverlaySlices, save_overlay
+from PIL import Image
 
 
 def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -63,13 +63,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-
 from bundle.data.mni import MNITemplate, load_mni152_template
 from bundle.data.writers import NIFTI_XFORM_MNI_152, save_nifti
 from bundle.utils.errors import DatasetError
 from bundle.utils.flags import as_flag
 from bundle.utils.io import write_text
+from scipy import ndimage
 
 __all__ = [
     "ATLAS_SPACE",

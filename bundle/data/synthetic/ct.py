@@ -97,11 +97,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-
 from bundle.data.dicom import write_dicom_series
 from bundle.data.writers import save_nifti
 from bundle.utils.io import atomic_output, write_json, write_text
+from scipy import ndimage
 
 __all__ = [
     "CT_TISSUE_NAMES",
