@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundle.data.atlas import atlas_subset_splits, find_atlas_subjects
+from bundle.data.layouts import atlas_subset_count, load_split
 from bundle.data.synthetic.atlas import (
     ATLAS_IMAGE_SUFFIX,
     ATLAS_LABEL_SUFFIX,
@@ -27,6 +28,7 @@ from bundle.data.synthetic.atlas import (
     load_atlas_like_records,
 )
 from bundle.tools import prepare_dataset
+from bundle.utils.errors import DatasetError
 from monai.data import load_decathlon_datalist
 
 
@@ -206,6 +208,27 @@ def test_prepare_dataset_writes_the_workflows_subsets(tmp_path, capsys):
     assert prepare_dataset.main(["atlas", "--root", str(root), "--output", str(out), "--seed", "6", "--overwrite"]) == 0
     assert (out / "atlas_subset-0.json").read_text() != before
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]  # atomic writes left nothing behind
+
+
+@pytest.mark.parametrize("num_cohorts", [1, 2, 3])
+def test_a_release_with_few_cohorts_makes_one_subset(tmp_path, num_cohorts):
+    """Fewer than 4 cohorts (a partial download, a site's own folder) make one subset with a test
+    part instead of failing; test cohorts are disjoint from training ones where there are 3."""
+    for cohort in range(1, num_cohorts + 1):
+        for number in range(1, 6):
+            _touch_subject(tmp_path, cohort, number)
+    assert atlas_subset_count(tmp_path) == 1
+    split = load_split(tmp_path, layout="atlas", layout_options={"subset": 0})
+    parts = {k: [r["subject"] for r in split[k]] for k in ("training", "validation", "test")}
+    assert parts["training"] and parts["test"], split["rule"]
+    everyone = [s for names in parts.values() for s in names]
+    assert len(everyone) == len(set(everyone)) == 5 * num_cohorts
+    if num_cohorts == 3:
+        fitted = {r["cohort"] for r in split["training"] + split["validation"]}
+        assert not fitted & {r["cohort"] for r in split["test"]}
+    assert "one subset" in split["rule"]
+    with pytest.raises(DatasetError, match=f"{tmp_path}.*make 1 subset"):
+        load_split(tmp_path, layout="atlas", layout_options={"subset": 1})
 
 
 def test_synthetic_look_alike_is_read_like_atlas(tmp_path):

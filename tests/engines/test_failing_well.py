@@ -287,7 +287,7 @@ def _build(root: Path, demo: dict[str, Path]) -> tuple[list[Case], list[Path]]:
             "a setting contradicting the weights",
             inf("contra", good, "--network_preset", "paper"),
             1,
-            ["network_preset is 'paper' here", "'small'"],
+            ["network_preset is 'paper' in the configs", "trained with 'small'", "Pass --network_preset small"],
         ),
         Case("evaluation: label of another shape", ev("label_shape"), 1, ["1 subjects failed", "shape mismatch"]),
         Case("evaluation: label not binary", ev("label_values"), 1, ["1 subjects failed", "not binary"]),

@@ -938,7 +938,7 @@ def _readme(title: str, body: str, parameters: dict[str, Any]) -> str:
     return (
         f"# {title}\n\n"
         "**Synthetic data.** Every volume in this folder is a generated geometric chest phantom\n"
-        "(grcsf-bundle, `bundle/data/synthetic_ct.py`). There are no patients and no real images here;\n"
+        "(grcsf-bundle, `bundle/data/synthetic/ct.py`). There are no patients and no real images here;\n"
         "the layout only copies the real data set's so that the same code reads both.\n\n"
         f"{body}\n\n"
         "## Generator parameters\n\n"
@@ -1021,7 +1021,7 @@ def generate_msd_lung_like(
     dataset = {
         "name": "Lung",
         "description": "Lung and cancer segmentation (SYNTHETIC look-alike, not patient data)",
-        "reference": "grcsf-bundle synthetic data (bundle/data/synthetic_ct.py)",
+        "reference": "grcsf-bundle synthetic data (bundle/data/synthetic/ct.py)",
         "licence": "CC0 1.0",
         "release": "synthetic 1.0",
         "tensorImageSize": "3D",
