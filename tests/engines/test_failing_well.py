@@ -289,6 +289,21 @@ def _build(root: Path, demo: dict[str, Path]) -> tuple[list[Case], list[Path]]:
             1,
             ["network_preset is 'paper' in the configs", "trained with 'small'", "Pass --network_preset small"],
         ),
+        Case(
+            "training with no data set",
+            # the card's literal command (outputs redirected so that the repository stays clean)
+            [
+                "training",
+                "--config_file",
+                "configs/train.json",
+                "--output_dir",
+                str(out / "no_data"),
+                "--ckpt_dir",
+                str(out / "no_data" / "models"),
+            ],  # fmt: skip
+            1,
+            ["no data set given", "--dataset_dir", "python scripts/run_demo.py"],
+        ),
         Case("evaluation: label of another shape", ev("label_shape"), 1, ["1 subjects failed", "shape mismatch"]),
         Case("evaluation: label not binary", ev("label_values"), 1, ["1 subjects failed", "not binary"]),
         Case("evaluation: label on another grid", ev("label_affine"), 1, ["1 subjects failed", "different affines"]),
@@ -338,7 +353,8 @@ CASE_NAMES = [
     "DICOM: MR series given to a CT model", "DICOM: CT without rescale tags", "CT file not in HU", "a folder of bad files",
     "existing output, --overwrite false", "truncated weights", "not a state dict", "the MAE given as the network",
     "the network given as the MAE", "weights without settings (bundle <= 0.3)", "weights of bundle 0.2",
-    "a setting contradicting the weights", "evaluation: label of another shape", "evaluation: label not binary",
+    "a setting contradicting the weights", "training with no data set",
+    "evaluation: label of another shape", "evaluation: label not binary",
     "evaluation: label on another grid", "plainly not a brain T1 (noise)",
 ]  # fmt: skip
 
