@@ -106,10 +106,38 @@ def evaluate(bundle_dir: Path, records: list[dict[str, str]], out: Path, threads
         output_dir=str(out),
         progress=False,
         num_overlays=1,
+        save_probabilities=True,
         **({"num_threads": threads} if threads else {}),
     )
     with open(out / "metrics.csv", newline="") as f:
         return {r["subject"]: {"dice": float(r["dice"]), "seconds": float(r["time_s"])} for r in csv.DictReader(f)}
+
+
+def _run_dir_name(name: str) -> str:
+    return name.replace(" ", "_").replace(",", "")
+
+
+def probability_agreement(fine: Path, coarse: Path) -> float:
+    """Pearson correlation of a 1 mm run's lesion probability, block-averaged to 3 mm, with the
+    3 mm version's: close to 1 when the network saw the same voxels (a check that does not need a
+    good model, unlike Dice)."""
+    import nibabel as nib
+    from bundle.data.mni import block_average
+
+    a = block_average(np.asarray(nib.load(str(fine)).dataobj, dtype=np.float32), 3).ravel()
+    b = np.asarray(nib.load(str(coarse)).dataobj, dtype=np.float32).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"{fine} block-averaged has {a.size} voxels, {coarse} has {b.size}.")
+    if a.std() == 0 or b.std() == 0:
+        return float(np.array_equal(a, b))
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _probability_file(run_dir: Path, subject: str) -> Path:
+    found = sorted((run_dir / "predictions").glob(f"{subject}*_prob.nii.gz"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{run_dir / 'predictions'}: {len(found)} probability maps of {subject}.")
+    return found[0]
 
 
 def format_markdown(results: dict[str, Any]) -> str:
@@ -118,6 +146,12 @@ def format_markdown(results: dict[str, Any]) -> str:
     for subject in results["subjects"]:
         lines.append(f"| {subject} | " + " | ".join(f"{results['runs'][n][subject]['dice']:.3f}" for n in names) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{results['mean_dice'][n]:.3f}**" for n in names) + " |")
+    corr = results["mean_probability_correlation"]
+    lines.append(
+        "| probability vs 3 mm version (r) | "
+        + " | ".join(f"{corr[n]:.3f}" if n in corr else "(itself)" for n in names)
+        + " |"
+    )
     lines.append("| seconds per subject | " + " | ".join(f"{results['mean_seconds'][n]:.1f}" for n in names) + " |")
     return "\n".join(lines) + "\n"
 
@@ -141,13 +175,25 @@ def run(bundle_dir: str | os.PathLike, output: str | os.PathLike, num_subjects: 
     for name, grid, weights in RUNS:
         if weights not in bundles:
             continue
-        runs[name] = evaluate(bundles[weights], records[grid], out / name.replace(" ", "_").replace(",", ""), threads)
+        runs[name] = evaluate(bundles[weights], records[grid], out / _run_dir_name(name), threads)
         print(f"{name}: mean Dice {np.mean([r['dice'] for r in runs[name].values()]):.3f}", flush=True)
+    coarse_dir = out / _run_dir_name(RUNS[0][0])
+    for name, grid, _ in RUNS:
+        if grid == "1mm" and name in runs:
+            for subject, row in runs[name].items():
+                row["probability_correlation"] = probability_agreement(
+                    _probability_file(out / _run_dir_name(name), subject), _probability_file(coarse_dir, subject)
+                )
     results = {
         "bundle_dir": str(bundle_dir),
         "subjects": [r["subject"] for r in records["1mm"]],
         "runs": runs,
         "mean_dice": {n: float(np.mean([r["dice"] for r in v.values()])) for n, v in runs.items()},
+        "mean_probability_correlation": {
+            n: float(np.mean([r["probability_correlation"] for r in v.values()]))
+            for n, v in runs.items()
+            if n != RUNS[0][0]
+        },
         "mean_seconds": {n: float(np.mean([r["seconds"] for r in v.values()])) for n, v in runs.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }

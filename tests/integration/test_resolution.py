@@ -18,6 +18,7 @@ import pytest
 from bundle.tools import resolution_check
 
 TOLERANCE = 0.05
+MIN_CORRELATION = 0.4
 
 
 @pytest.mark.slow
@@ -32,8 +33,11 @@ def test_a_1mm_scan_scores_what_its_3mm_version_scores(demo_model: dict[str, Pat
     results = json.loads((out / "resolution.json").read_text())
     mean = results["mean_dice"]
     assert abs(mean["1 mm, resampled"] - mean["3 mm version"]) <= TOLERANCE, mean
+    # the test-scale model finds little, so Dice alone cannot tell; its probability maps can: r 0.53
+    # resampled against 0.21 when the network sees 1 mm voxels (the script's legacy run, measured)
+    assert results["mean_probability_correlation"]["1 mm, resampled"] >= MIN_CORRELATION, results
     # the masks of the 1 mm scans are written on the 1 mm grid
-    masks = sorted((out / "1_mm_resampled" / "predictions").glob("*.nii.gz"))
+    masks = sorted((out / "1_mm_resampled" / "predictions").glob("*_seg.nii.gz"))
     assert len(masks) == 2
     for mask in masks:
         assert nib.load(str(mask)).shape == (197, 233, 189)
