@@ -15,11 +15,11 @@
 1. The cases (:func:`bundle.data.reference_cases.fetch_reference_cases`: fetched once from the
    package index into a cache, sha256 checked).
 2. A CT model: ``--ct-bundle`` (a bundle folder whose ``models/msd_lung/`` holds ``mae.pt`` and
-   ``model.pt`` trained with ``configs/datasets/msd_lung.json``), or one trained here at demo scale on
-   the MSD Lung look-alike (``train_mae.json`` / ``train.json`` + ``datasets/msd_lung.json`` +
+   ``model.pt`` trained with ``configs/msd_lung.json``), or one trained here at demo scale on
+   the MSD Lung look-alike (``train_mae.json`` / ``train.json`` + ``msd_lung.json`` +
    ``demo.json``; ``--quick``: one short epoch each, for the tests).
 3. ``lung1``, ``lung2`` through the MSD Lung evaluation (``inference.json`` + ``evaluate.json`` +
-   ``datasets/msd_lung.json``, a data list of the two NRRD pairs): NRRD read, HU check, 5 mm slices
+   ``msd_lung.json``, a data list of the two NRRD pairs): NRRD read, HU check, 5 mm slices
    resampled to the model's spacing and the mask back, metrics against the real masks, overlays.
    The saved masks are checked against the NRRD's grid (shape, affine, orientation).
 4. ``brain1``, ``brain2`` through ``brain_native``'s registration (ITK affine to MNI-152): image
@@ -86,13 +86,13 @@ def train_ct_model(root: Path, quick: bool, threads: int | None) -> Path:
         common["num_threads"] = threads
     start = time.perf_counter()
     bundle_run(
-        config_file=_configs("train_mae", "datasets/msd_lung", "demo"),
+        config_file=_configs("train_mae", "msd_lung", "demo"),
         output_dir=str(root / "mae"),
         **common,
         **(QUICK_MAE if quick else {}),
     )
     bundle_run(
-        config_file=_configs("train", "datasets/msd_lung", "demo"),
+        config_file=_configs("train", "msd_lung", "demo"),
         output_dir=str(root / "train"),
         **common,
         **(QUICK_TRAIN if quick else {}),
@@ -130,7 +130,7 @@ def evaluate_ct_cases(cases: Mapping[str, Mapping[str, str]], ct_bundle: Path, o
     start = time.perf_counter()
     bundle_run(
         run_id="evaluating",
-        config_file=_configs("inference", "evaluate", "datasets/msd_lung"),
+        config_file=_configs("inference", "evaluate", "msd_lung"),
         logging_file=str(CONFIGS / "logging.conf"),
         bundle_root=str(ct_bundle),
         datalist=datalist,
@@ -204,7 +204,7 @@ def register_brain_cases(cases: Mapping[str, Mapping[str, str]], out: Path) -> d
         if mni_label[:, :, z].any():
             axes[1].contour(np.rot90(mni_label[:, :, z]).astype(float), levels=[0.5], colors="r", linewidths=0.8)
         axes[1].contour(np.rot90(template.brain_mask[:, :, z]).astype(float), levels=[0.5], colors="c", linewidths=0.6)
-        axes[1].set_title(f"{case} registered (cyan: template brain, red: lesion)")
+        axes[1].set_title(f"{case} registered (cyan: template brain, red: lesion)", fontsize=9)
         for ax in axes:
             ax.axis("off")
         figure.tight_layout()

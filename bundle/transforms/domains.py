@@ -17,7 +17,7 @@ pipeline with::
         "domain": "@preprocessing_domain", "keys": [...], "label_key": ..., "reader": "@reader",
         "options": "@preprocessing_options"}
 
-and a data-set config (``configs/datasets/*.json``) switches the domain by overriding only
+and a data-set config (``configs/atlas.json, msd_lung.json, orcascore.json``) switches the domain by overriding only
 ``preprocessing_domain`` and ``preprocessing_options`` (e.g. ``"ct"`` with ``{"window": "lung"}``),
 so that the MAE pre-training, the segmentation training, inference and evaluation of one data set
 always see the same pre-processing. :func:`model_preprocessing_options` adds what training

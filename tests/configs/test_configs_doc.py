@@ -23,17 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 DOC = ROOT / "docs" / "configs.md"
-NAMES = [
-    "train_mae",
-    "train",
-    "inference",
-    "evaluate",
-    "multi_gpu_train",
-    "demo",
-    "datasets/atlas",
-    "datasets/msd_lung",
-    "datasets/orcascore",
-]
+NAMES = ["train_mae", "train", "inference", "evaluate", "multi_gpu_train", "demo", "atlas", "msd_lung", "orcascore"]
 #: ids of the MAE pre-training a data-set overlay may set: the data set and what the MAE sees of it
 SHARED_WITH_THE_MAE = {
     "dataset_layout",
@@ -79,7 +69,7 @@ def test_every_id_is_documented_with_its_configs() -> None:
     assert not stale, f"docs/configs.md documents ids no config has: {stale}"
 
 
-@pytest.mark.parametrize("overlay", ["demo", "datasets/atlas", "datasets/msd_lung", "datasets/orcascore"])
+@pytest.mark.parametrize("overlay", ["demo", "atlas", "msd_lung", "orcascore"])
 def test_overlays_reach_the_mae_only_through_shared_ids(overlay: str) -> None:
     leaked = (_top_level_ids(overlay) & _top_level_ids("train_mae")) - SHARED_WITH_THE_MAE
     if overlay == "demo":  # the demo scale sets the MAE's own ids on purpose, and its data set

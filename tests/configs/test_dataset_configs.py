@@ -1,4 +1,4 @@
-"""The per-data-set configs (configs/datasets/*.json): the paper's settings, the inputs inference finds
+"""The per-data-set configs (configs/atlas.json, msd_lung.json, orcascore.json): the paper's settings, the inputs inference finds
 (.mhd, DICOM series) and the preprocessing of each domain, on the look-alikes. Every workflow of
 every data-set config runs on a tree in the release's layout in
 tests/integration/test_documented_commands.py (the commands of docs/datasets.md)."""
@@ -107,11 +107,11 @@ def test_dataset_configs_use_the_paper_settings() -> None:
     }
     for dataset, values in expected.items():
         parser = ConfigParser()
-        parser.read_config(_config("train.json", f"datasets/{dataset}.json"))
+        parser.read_config(_config("train.json", f"{dataset}.json"))
         for key, value in values.items():
             assert parser[key] == value, (dataset, key)
     parser = ConfigParser()
-    parser.read_config(_config("train.json", "datasets/orcascore.json"))
+    parser.read_config(_config("train.json", "orcascore.json"))
     parser.update({"network_preset": "small", "device": "$torch.device('cpu')"})
     scheduler = parser.get_parsed_content("lr_scheduler", lazy=False)
     assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)

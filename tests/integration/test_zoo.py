@@ -41,6 +41,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle.data.layouts import DATASET_LAYOUTS
 from bundle.data.synthetic.atlas import generate_atlas_like_dataset
 from bundle.networks import MODEL_SETTING_DEFAULTS
 from bundle.networks.mae import mae_preset, save_mae
@@ -313,7 +314,7 @@ CONFIG_SETS = {
 
 def test_config_sets_cover_every_config() -> None:
     used = {name for names in CONFIG_SETS.values() for name in names}
-    present = {p.name for p in CONFIGS.glob("*.json")} - {"metadata.json"}
+    present = {p.name for p in CONFIGS.glob("*.json")} - {"metadata.json", *DATASET_CONFIGS}
     assert present == used, f"configs not instantiated by test_every_id_instantiates: {present - used}"
 
 
@@ -454,12 +455,12 @@ def unresolved_references(parser: ConfigParser, roots: tuple[str, ...] | None = 
     return {i: m for i, m in missing.items() if m}
 
 
-DATASET_CONFIGS = sorted(p.name for p in (CONFIGS / "datasets").glob("*.json"))
+DATASET_CONFIGS = [f"{name}.json" for name in DATASET_LAYOUTS]  # configs/<layout>.json
 
 
 @pytest.mark.parametrize("dataset", DATASET_CONFIGS)
 def test_dataset_configs_resolve_over_every_workflow(dataset: str) -> None:
-    """configs/datasets/*.json merged over each workflow: every @reference names an existing id.
+    """configs/atlas.json, msd_lung.json, orcascore.json merged over each workflow: every @reference names an existing id.
 
     Their workflows run end to end on look-alike data in tests/configs/test_dataset_configs.py; here only
     the references are checked (no data needed), for every workflow the data-set config serves.
@@ -472,7 +473,7 @@ def test_dataset_configs_resolve_over_every_workflow(dataset: str) -> None:
         ["inference.json", "evaluate.json"],
     ):
         parser = ConfigParser()
-        parser.read_config([str(CONFIGS / n) for n in workflow] + [str(CONFIGS / "datasets" / dataset)])
+        parser.read_config([str(CONFIGS / n) for n in workflow] + [str(CONFIGS / dataset)])
         parser.parse(True)
         assert len(parser.ref_resolver.items) > 40
         missing = unresolved_references(parser, roots=_ENTRY_POINTS)
