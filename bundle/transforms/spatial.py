@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from bundle.utils.flags import as_flag
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import InvertibleTransform, MapTransform, Spacing
 from monai.utils import ensure_tuple_rep
+from scipy import ndimage
 
 __all__ = ["ResampleToSpacingd", "ResizeSliced"]
 
@@ -82,6 +84,11 @@ class ResampleToSpacingd(MapTransform, InvertibleTransform):
     transform touches only its keys. ``Invertd`` (or :meth:`inverse`) resamples back to the
     input's grid.
 
+    Downsampling an image (any mode but ``nearest``) first smooths each coarsened axis with a
+    Gaussian of sigma ``(factor - 1) / 2`` voxels (scikit-image's anti-aliasing rule): trilinear
+    sampling of every third voxel of a 1 mm scan keeps its noise and aliases its edges, which a
+    model trained on 3 mm scans never saw (their voxels average the tissue inside them).
+
     Args:
         keys: keys of the volumes (MetaTensors ``(C, X, Y, Z)`` with their affine).
         pixdim: target spacing (mm) per axis; a value <= 0 keeps that axis' spacing.
@@ -103,8 +110,31 @@ class ResampleToSpacingd(MapTransform, InvertibleTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key, mode in self.key_iterator(d, self.modes):
-            d[key] = self.spacing(d[key], mode=mode)
+            img = d[key]
+            if mode != "nearest":
+                img = self._antialias(img)
+            d[key] = self.spacing(img, mode=mode)
         return d
+
+    def antialias_sigmas(self, img: MetaTensor) -> list[float]:
+        """Gaussian sigma (voxels) per spatial axis of ``img`` (C, X, Y, Z) before resampling; 0 where
+        the axis keeps or refines its spacing."""
+        current = torch.linalg.norm(torch.as_tensor(img.affine, dtype=torch.float64)[:3, :3], dim=0).tolist()
+        target = ensure_tuple_rep(self.spacing.pixdim, len(current))
+        return [max(0.0, (float(t) / c - 1.0) / 2.0) if float(t) > 0 else 0.0 for t, c in zip(target, current)]
+
+    def _antialias(self, img: Any) -> Any:
+        if not isinstance(img, MetaTensor) or img.ndim != 4:
+            return img  # Spacing reports what it cannot resample
+        sigmas = self.antialias_sigmas(img)
+        if not any(sigma > 0 for sigma in sigmas):
+            return img
+        # edges replicated (a zero border would pull the rim of a CT in HU towards water)
+        values = ndimage.gaussian_filter(img.detach().cpu().numpy(), sigma=[0.0, *sigmas], mode="nearest")
+        values = torch.as_tensor(values, dtype=img.dtype, device=img.device)
+        out = img.clone()
+        out.set_array(values)  # same meta and trace: only the values change
+        return out
 
     def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
