@@ -186,9 +186,9 @@ class IterationTimingHandler:
     def summary(self, skip_first: int = 0) -> dict[str, float]:
         """Totals over the epochs of :attr:`history` after the first ``skip_first`` (warm-up) ones."""
         epochs = self.history[skip_first:]
-        totals = {k: float(sum(e[k] for e in epochs)) for k in ("iterations", "samples", "data_wait_s", "compute_s")}
-        totals["epoch_s"] = float(sum(e["epoch_s"] for e in epochs))
-        totals["other_s"] = float(sum(e["other_s"] for e in epochs))
+        totals: dict[str, float] = {k: int(sum(e[k] for e in epochs)) for k in ("iterations", "samples")}
+        for key in ("data_wait_s", "loader_start_s", "compute_s", "other_s", "epoch_s"):
+            totals[key] = float(sum(e[key] for e in epochs))
         totals["data_wait_percent"] = 100.0 * totals["data_wait_s"] / totals["epoch_s"] if totals["epoch_s"] else 0.0
         totals["samples_per_s"] = totals["samples"] / totals["epoch_s"] if totals["epoch_s"] else 0.0
         totals["epochs"] = len(epochs)

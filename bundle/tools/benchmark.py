@@ -67,7 +67,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -670,7 +670,8 @@ class BenchmarkContext:
     gflops: dict[str, float]
     notes: list[str]
     load_before: list[float] | None
-    checks: dict[str, Any] = field(default_factory=dict)
+    #: max |difference| of the volume preprocessed on the device to the host's (None: not run there)
+    device_preprocessing_difference: float | None = None
 
     @property
     def axis(self) -> int:
@@ -877,7 +878,7 @@ def _check_device_preprocessing(ctx: BenchmarkContext) -> bool:
     except Exception as e:  # noqa: BLE001 - the switch is optional; the host path still works
         ctx.notes.append(f"preprocessing on the device failed, host used: {type(e).__name__}: {e}")
         return False
-    ctx.checks["preprocess_on_device_max_abs_difference"] = difference
+    ctx.device_preprocessing_difference = difference
     if difference > MAPS_ATOL:
         ctx.notes.append(f"preprocessing on the device differs from the host's by {difference:.3g}, host used")
         return False
@@ -1142,6 +1143,7 @@ def describe(ctx: BenchmarkContext, foreground_slices_in_block: int | None = Non
             "foreground_slices_in_block": foreground_slices_in_block,
             "preprocessing_domain": args.preprocessing_domain,
             "preprocess_on_device": ctx.preprocess_on_device,
+            "preprocess_on_device_max_abs_difference": ctx.device_preprocessing_difference,
             "seg_preset": args.seg_preset,
             "mae_preset": args.mae_preset if not args.mae else f"checkpoint {args.mae}",
             "mask_ratios": ctx.ratios,

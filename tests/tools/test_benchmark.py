@@ -153,7 +153,11 @@ def test_runs_on_the_demo_subject_and_writes_every_field(tmp_path: Path) -> None
 
 
 def test_background_slices_are_skipped_with_exact_zeros(tiny_volume: str) -> None:
-    results = benchmark.main([*TINY, "--image", tiny_volume, "--slices", "all", "--no-train", "--no-paper-setting"])
+    # with the preprocessing moved to the device right after loading (the CPU here: the same values)
+    argv = [*TINY, "--image", tiny_volume, "--slices", "all", "--no-train", "--no-paper-setting"]
+    results = benchmark.main([*argv, "--preprocess-on-device"])
+    assert results["settings"]["preprocess_on_device"] and results["checks"]["default"]["segmentation_equal"]
+    assert results["settings"]["preprocess_on_device_max_abs_difference"] == 0.0
     # slices 0, 1, 8, 9 hold only noise (<= 0.02 of the scale): 6 of 10 are reconstructed
     assert results["settings"]["foreground_slices_in_block"] == 6
     assert results["residual_maps"]["default"]["mae_forwards_reference"] == 6 * 2 * 2
