@@ -53,6 +53,11 @@ def test_wait_and_compute_add_up_and_are_logged(tmp_path: Path, caplog: pytest.L
         assert parts == pytest.approx(epoch["epoch_s"], rel=1e-6)
         assert epoch["data_wait_s"] + epoch["compute_s"] >= 0.75 * epoch["epoch_s"]
         assert epoch["data_wait_percent"] == pytest.approx(100 * epoch["data_wait_s"] / epoch["epoch_s"])
+        # the first batch (and the loader's start) apart: the steady share leaves it out
+        first = epoch["epoch_start_wait_s"]
+        assert BATCH * WAIT_S <= first < epoch["data_wait_s"]
+        steady = 100 * (epoch["data_wait_s"] - first) / (epoch["epoch_s"] - first)
+        assert epoch["steady_data_wait_percent"] == pytest.approx(steady)
         assert epoch["samples_per_s"] == pytest.approx(ITEMS / epoch["epoch_s"])
     summary = handler.summary(skip_first=1)
     assert summary["epochs"] == 1 and summary["iterations"] == 3 and summary["samples"] == ITEMS
@@ -60,7 +65,10 @@ def test_wait_and_compute_add_up_and_are_logged(tmp_path: Path, caplog: pytest.L
 
     lines = [r.getMessage() for r in caplog.records if "data wait" in r.getMessage()]
     assert len(lines) == 2 and lines[0].startswith("epoch 1: 3 iterations in ")
-    assert f"({handler.history[0]['data_wait_percent']:.1f} %)" in lines[0] and "samples/s" in lines[0]
+    first = handler.history[0]
+    shares = f"({first['data_wait_percent']:.1f} %; {first['steady_data_wait_percent']:.1f} % after the first batch)"
+    assert shares in lines[0]
+    assert lines[0].endswith(f"{first['samples_per_s']:.1f} samples/s")
 
     scalars = tensorboard_scalars(tmp_path)  # the writer is closed at COMPLETED
     assert set(scalars) == {f"timing/{name}" for name in SCALARS}

@@ -80,7 +80,7 @@ def test_tiny_suite_on_the_cpu(
 
     train = phases["train"]
     assert train["batch_size"] == 4 and train["iterations"] == 2 and train["samples"] == 8
-    assert train["samples_per_s"] > 0 and 0 <= train["data_wait_percent"] <= 100
+    assert train["samples_per_s"] > 0 and 0 <= train["steady_data_wait_percent"] <= train["data_wait_percent"] <= 100
     assert train["data_wait_s"] + train["compute_s"] <= train["epoch_s"] * (1 + 1e-6)
     assert train["dataset_build_s"] > 0 and train["config_files"] == ["configs/train.json", "configs/demo.json"]
 
