@@ -21,7 +21,10 @@ In one process, on one volume and one device, with warm-up runs and the median o
   input's grid, threshold); and their ratio;
 * one training step (Dice + focal loss, Adam) of GRCSF on cached residual maps and of UNet++;
 * peak memory of each phase (CPU resident set size; GPU ``max_memory_allocated``), parameters,
-  GFLOPs per slice window and per MAE pass.
+  GFLOPs per slice window and per MAE pass;
+* with ``--precision`` only the CPU inference variants (:func:`time_precision`: float32,
+  channels-last, bf16 autocast, ONNX Runtime) on the block, their ratios and their masks'
+  agreement with the first.
 
 The pipeline mirrors ``configs/inference.json`` (its volume preprocessing, ``ResidualMapd`` with
 the config's ratios, K, masking and foreground threshold, ``ConcatResidualMapsd``, the config's
@@ -76,6 +79,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.transforms import Activationsd, AsDiscreted, Compose, EnsureChannelFirstd, EnsureTyped, Invertd, SpatialCropd
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bundle.handlers.timing import IterationTimingHandler
@@ -118,6 +122,10 @@ INFERENCE_CONFIG = BUNDLE_ROOT / "configs" / "inference.json"
 TRAIN_CONFIG = BUNDLE_ROOT / "configs" / "train.json"
 AMP_CHOICES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PAPER_SETTING = {"num_passes": 5, "masking": "random"}
+#: the slice-inference variants :func:`time_precision` compares (``--precision``)
+#: windows per ONNX Runtime call of the exported network (``onnxruntime`` variant)
+ONNX_BATCH = 2
+PRECISIONS = ("float32", "channels_last", "bf16", "bf16_channels_last", "onnxruntime")
 # float32 batched vs reference maps: the same arithmetic in another order
 MAPS_ATOL, MAPS_RTOL = 1e-5, 1e-4
 
@@ -231,6 +239,14 @@ def build_parser(defaults: dict[str, Any]) -> argparse.ArgumentParser:
     parser.add_argument("--no-train", action="store_true", help="skip the training-step measurement.")
     parser.add_argument(
         "--only-train", action="store_true", help="only the training-step measurement (no maps, no end to end)."
+    )
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=None,
+        choices=PRECISIONS,
+        help="only the CPU precision measurement: the shipped GRCSF's slice inference in these variants "
+        "(the first is the reference; docs/speed.md, 'CPU inference').",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON.")
@@ -1240,9 +1256,133 @@ def time_training_loop(
     }
 
 
+def dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Dice overlap of two binary masks (1.0 when both are empty)."""
+    a, b = a.bool(), b.bool()
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def onnxruntime_network(
+    network: nn.Module, in_channels: int, size: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[str]]:
+    """``network`` exported to ONNX (float32, batches of ``ONNX_BATCH`` windows: the traced graph
+    fixes its shapes) and run by ONNX Runtime's CPU provider with torch's thread count: a callable
+    ``(B, C, size, size) -> (B, 1, size, size)`` for the sliding-window inferer (it runs ``B`` in
+    chunks, the last one zero-padded), and notes (the export's time). Raises ImportError without
+    onnxruntime / onnx (``pip install onnxruntime onnx``)."""
+    import tempfile
+
+    import onnxruntime
+
+    started = time.perf_counter()
+    folder = tempfile.mkdtemp(prefix="grcsf_onnx_")
+    path = os.path.join(folder, "grcsf.onnx")
+    example = torch.rand(ONNX_BATCH, in_channels, size, size)
+    with torch.no_grad():
+        torch.onnx.export(
+            network.to(memory_format=torch.contiguous_format).eval(),
+            (example,),
+            path,
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+        )
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = (x.as_tensor() if hasattr(x, "as_tensor") else x).detach().float()
+        outputs = []
+        for chunk in x.split(ONNX_BATCH):
+            padded = F.pad(chunk, (0, 0, 0, 0, 0, 0, 0, ONNX_BATCH - chunk.shape[0]))
+            outputs.append(torch.from_numpy(session.run(None, {"x": padded.contiguous().numpy()})[0])[: chunk.shape[0]])
+        return torch.cat(outputs)
+
+    return run, [f"onnxruntime {onnxruntime.__version__}: exported in {time.perf_counter() - started:.1f} s (untimed)"]
+
+
+def time_precision(ctx: BenchmarkContext, variants: Sequence[str], deadline: float | None = None) -> dict[str, Any]:
+    """
+    The shipped GRCSF's slice inference (the config's ``SliceInferer`` over the block, after the
+    default residual maps, computed once in float32) in each of ``variants`` (:data:`PRECISIONS`):
+    ``float32``, ``channels_last`` (network and input), ``bf16`` (CPU autocast), both. Runs are
+    interleaved (load drifts hit all alike); the first variant is the reference of the ratios and
+    of the masks' agreement (Dice of the masks at probability 0.5, and max |probability
+    difference|).
+
+    Returns:
+        per variant the summary of its runs (``wall_s``, ``cpu_s``), ``ratio`` to the reference,
+        ``dice`` and ``max_probability_difference``; and whether this CPU has native bf16
+        (oneDNN's AVX-512 BF16 / AMX check).
+    """
+    pipe = ctx.pipelines["grcsf_default"]
+    item = pipe.maps_transforms(pipe.preprocessing({"image": ctx.image_path}))
+    image = item["image"].as_tensor() if hasattr(item["image"], "as_tensor") else item["image"]
+    network = ctx.networks["grcsf"]
+    runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    masks: dict[str, torch.Tensor] = {}
+    probabilities: dict[str, torch.Tensor] = {}
+
+    runtimes: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    if "onnxruntime" in variants:
+        runtimes["onnxruntime"], results_notes = onnxruntime_network(network, image.shape[0], ctx.size)
+        ctx.notes.extend(results_notes)
+
+    def infer(variant: str) -> torch.Tensor:
+        if variant in runtimes:
+            with torch.no_grad():
+                return torch.sigmoid(pipe.inferer(image.unsqueeze(0), runtimes[variant])[0].float())
+        channels_last = variant.endswith("channels_last")
+        net = network.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        x = image.unsqueeze(0)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if variant.startswith("bf16") else nullcontext()
+        with torch.no_grad(), autocast:
+            return torch.sigmoid(pipe.inferer(x, net)[0].float())
+
+    round_s = 0.0
+    for i in range(ctx.args.warmup + ctx.args.repeats):
+        if i > ctx.args.warmup and _out_of_time(deadline, round_s):
+            ctx.notes.append(f"precision: {i - ctx.args.warmup} of {ctx.args.repeats} timed runs (time guard)")
+            break
+        started = time.perf_counter()
+        for variant in variants:
+            with ctx.clock as c:
+                probability = infer(variant)
+            if i >= ctx.args.warmup:
+                runs[variant].append({"wall_s": c.wall, "cpu_s": c.cpu})
+            probabilities[variant] = probability
+            masks[variant] = probability > 0.5
+            ctx.log(f"precision {variant} run {i}{' (warm-up)' if i < ctx.args.warmup else ''}: {c.wall:.3f} s")
+        round_s = time.perf_counter() - started
+    network.to(memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
+    reference = variants[0]
+    results: dict[str, Any] = {
+        "reference": reference,
+        "cpu_native_bf16": bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "slices_per_run": ctx.block_range[1] - ctx.block_range[0],
+    }
+    for variant in variants:
+        entry = _summary(runs[variant]) if runs[variant] else {}
+        if entry and runs[reference]:
+            entry["ratio"] = entry["wall_s"] / _summary(runs[reference])["wall_s"]
+        entry["dice"] = dice(masks[variant], masks[reference])
+        entry["max_probability_difference"] = float((probabilities[variant] - probabilities[reference]).abs().max())
+        results[variant] = entry
+    return results
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement of ``args`` (see the module docstring); returns the results."""
     ctx = prepare(args)
+    if args.precision:
+        precision = time_precision(ctx, args.precision)
+        described = describe(ctx)
+        notes = described.pop("notes")
+        return {**described, "precision": precision, "notes": notes}
     checks: dict[str, Any] = {}
     maps: dict[str, Any] = {}
     e2e: dict[str, Any] = {}
@@ -1266,8 +1406,33 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def format_precision_table(results: dict[str, Any]) -> str:
+    """A plain-text summary of :func:`time_precision`'s results (``--precision``)."""
+    m, s, p = results["machine"], results["settings"], results["precision"]
+    lines = [
+        f"device {m['device']} ({m['device_name']}), torch {m['torch']}, threads {m['threads']}, "
+        f"load average {m['load_average_before']} -> {m['load_average_after']}; CPU capability "
+        f"{p['cpu_capability']}, native bf16 {p['cpu_native_bf16']}",
+        f"GRCSF {s['seg_preset']}, volume {s['volume_shape']}, slices {s['slices'][0]}:{s['slices'][1]} "
+        f"({p['slices_per_run']} slices per run, windows of {s['input_size']} px), reference {p['reference']}",
+        "",
+        f"{'slice inference':<20} {'wall s':>9} {'CPU s':>9} {'ratio':>7} {'Dice':>8} {'max |dp|':>9}",
+    ]
+    for variant in PRECISIONS:
+        entry = p.get(variant)
+        if entry and "wall_s" in entry:
+            lines.append(
+                f"{variant:<20} {entry['wall_s']:>9.3f} {entry['cpu_s']:>9.3f} {entry['ratio']:>7.3f} "
+                f"{entry['dice']:>8.4f} {entry['max_probability_difference']:>9.2e}"
+            )
+    lines += [f"note: {note}" for note in results["notes"]]
+    return "\n".join(lines)
+
+
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text summary of :func:`run_benchmark`'s results."""
+    if "precision" in results:
+        return format_precision_table(results)
     s, m, e2e = results["settings"], results["machine"], results["end_to_end"]
     params, checks = results["params"], results["checks"]
     lines = [
