@@ -8,6 +8,21 @@ import pytest
 
 from tests.helpers import CONFIGS, make_bundle_root, make_dataset
 
+#: the skip reason of tests marked ``cuda`` on machines without a CUDA device
+NO_CUDA_REASON = "no CUDA device"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` are skipped, with their reason printed (``-ra``), where CUDA is unavailable."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_CUDA_REASON)
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:

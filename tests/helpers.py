@@ -112,3 +112,12 @@ def flip_to_lps(src: str, dst: Path) -> None:
     flip[0, 3], flip[1, 3] = data.shape[0] - 1, data.shape[1] - 1
     dst.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(data, img.affine @ flip), str(dst))
+
+
+def tensorboard_scalars(log_dir: Path) -> dict[str, list[float]]:
+    """Every scalar series (values in step order) of the TensorBoard event files in ``log_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return {tag: [e.value for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}

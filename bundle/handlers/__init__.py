@@ -1,5 +1,5 @@
 """handlers of the GRCSF bundle for MONAI's (ignite) engines: checkpoints, early stopping,
-training curves, MAE sample panels, progress, metrics."""
+training curves, MAE sample panels, progress, metrics, iteration timing."""
 
 from .checkpoint import (
     AtomicCheckpointSaver,
@@ -12,4 +12,5 @@ from .guards import EpochSeedHandler, NonFiniteLossGuard, epoch_seed
 from .mae_samples import MAESamplesHandler
 from .metrics import MeanOutput, lower_is_better, mae_validation_metrics
 from .progress import ProgressBarHandler, every_n_iterations
+from .timing import IterationTimingHandler, batch_size_of
 from .training_curves import TrainingCurvesHandler

@@ -21,6 +21,8 @@ from monai.bundle import run as bundle_run
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.networks.nets import PatchDiscriminator
 
+from tests.helpers import tensorboard_scalars
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [str(ROOT / "configs" / "train_mae.json"), str(ROOT / "configs" / "demo.json")]
 RUN_IDS = ("initialize", "run", "training", "finalize")
@@ -238,6 +240,8 @@ def test_demo_run_and_resume(tmp_path: Path, atlas_dir: str) -> None:
     panel = tmp_path / "outputs" / "mae" / "mae_samples" / "epoch_001.png"
     assert panel.is_file() and panel.read_bytes()[:4] == b"\x89PNG"
     assert any((tmp_path / "outputs" / "mae" / "mae_tb").iterdir())
+    timing = tensorboard_scalars(tmp_path / "outputs" / "mae" / "mae_tb")  # IterationTimingHandler, epoch 1
+    assert len(timing["timing/samples_per_s"]) == 1 and timing["timing/samples_per_s"][0] > 0
     state = torch.load(last, weights_only=True)
     assert state["trainer"]["epoch_length"] * 1 == state["trainer"]["iteration"]
 

@@ -36,6 +36,8 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.losses import DiceFocalLoss, FocalLoss
 from monai.transforms import Compose, Transform
 
+from tests.helpers import tensorboard_scalars
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "demo.json")]
 MULTI_GPU = str(ROOT / "configs" / "multi_gpu_train.json")
@@ -312,6 +314,10 @@ def test_training_run_outputs_and_resume(shared: dict[str, str], tmp_path: Path)
     assert (models / "model.pt").is_file() and (models / "checkpoint_last.pt").is_file()
     assert (outputs / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert list(outputs.glob("events.out.tfevents.*"))
+    # the iteration timing of epoch 1 (IterationTimingHandler): data wait and compute add up to at most the epoch
+    timing = tensorboard_scalars(outputs)
+    assert len(timing["timing/data_wait_s"]) == 1 and 0 <= timing["timing/data_wait_percent"][0] <= 100
+    assert timing["timing/data_wait_s"][0] + timing["timing/compute_s"][0] <= timing["timing/epoch_s"][0] * (1 + 1e-6)
     # the weights under "model" (what MONAI Label and ckpt_export --key_in_ckpt model read), with the
     # settings inference rebuilds the network and its inputs from
     weights = torch.load(models / "model.pt", weights_only=True)

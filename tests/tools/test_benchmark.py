@@ -152,7 +152,11 @@ def test_runs_on_the_demo_subject_and_writes_every_field(tmp_path: Path) -> None
 
 
 def test_background_slices_are_skipped_with_exact_zeros(tiny_volume: str) -> None:
-    results = benchmark.main([*TINY, "--image", tiny_volume, "--slices", "all", "--no-train", "--no-paper-setting"])
+    # with the preprocessing moved to the device right after loading (the CPU here: the same values)
+    argv = [*TINY, "--image", tiny_volume, "--slices", "all", "--no-train", "--no-paper-setting"]
+    results = benchmark.main([*argv, "--preprocess-on-device"])
+    assert results["settings"]["preprocess_on_device"] and results["checks"]["default"]["segmentation_equal"]
+    assert results["settings"]["preprocess_on_device_max_abs_difference"] == 0.0
     # slices 0, 1, 8, 9 hold only noise (<= 0.02 of the scale): 6 of 10 are reconstructed
     assert results["settings"]["foreground_slices_in_block"] == 6
     assert results["residual_maps"]["default"]["mae_forwards_reference"] == 6 * 2 * 2
@@ -180,3 +184,50 @@ def test_only_train(tiny_volume: str) -> None:
     assert train["batch_size"] == 1 and train["ratio"] > 0 and train["grcsf"]["peak_memory"]["mib"] > 0
     with pytest.raises(SystemExit):
         benchmark.main([*TINY, "--image", tiny_volume, "--only-train", "--no-train"])
+
+
+def test_dice() -> None:
+    a = torch.tensor([1, 1, 0, 0], dtype=torch.bool)
+    assert benchmark.dice(a, a) == 1.0
+    assert benchmark.dice(a, torch.tensor([1, 0, 0, 0], dtype=torch.bool)) == pytest.approx(2 / 3)
+    assert benchmark.dice(a, ~a) == 0.0
+    assert benchmark.dice(torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)) == 1.0
+
+
+def test_precision_variants_against_float32(tiny_volume: str, tmp_path: Path) -> None:
+    """--precision: the slice inference in each variant, ratios and mask agreement to float32."""
+    out = tmp_path / "precision.json"
+    variants = ["float32", "channels_last", "bf16"]
+    results = benchmark.main(
+        [*TINY, "--image", tiny_volume, "--slices", "2:8", "--precision", *variants, "--json", str(out)]
+    )
+    precision = results["precision"]
+    assert precision["reference"] == "float32" and precision["slices_per_run"] == 6
+    assert isinstance(precision["cpu_native_bf16"], bool) and precision["cpu_capability"]
+    assert precision["float32"]["ratio"] == 1.0 and precision["float32"]["dice"] == 1.0
+    for variant in variants:
+        entry = precision[variant]
+        assert entry["wall_s"] > 0 and entry["ratio"] > 0 and len(entry["runs"]) == 1
+    # channels-last is the same arithmetic in another memory order: the same masks
+    assert precision["channels_last"]["dice"] == 1.0
+    assert precision["channels_last"]["max_probability_difference"] < 1e-4
+    # bf16 rounds: probabilities differ, but they are probabilities of the same image
+    assert 0.0 < precision["bf16"]["max_probability_difference"] < 0.5 and 0.0 <= precision["bf16"]["dice"] <= 1.0
+    assert json.loads(out.read_text())["precision"]["channels_last"]["dice"] == 1.0
+    assert "slice inference" in benchmark.format_table(results)
+
+
+def test_onnxruntime_variant(tiny_volume: str) -> None:
+    """--precision onnxruntime: the exported network runs in the sliding window (chunks of
+    ONNX_BATCH windows, the last one padded) and is compared with float32."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pytest.skip("onnxruntime / onnx not installed (optional: pip install onnxruntime onnx)")
+    results = benchmark.main(
+        [*TINY, "--image", tiny_volume, "--slices", "2:5", "--precision", "float32", "onnxruntime"]
+    )
+    entry = results["precision"]["onnxruntime"]
+    assert entry["wall_s"] > 0 and 0.0 <= entry["dice"] <= 1.0 and entry["max_probability_difference"] < 0.5
+    assert any(note.startswith("onnxruntime ") for note in results["notes"])
