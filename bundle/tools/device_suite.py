@@ -223,6 +223,7 @@ class _Watchdog:
         self._active = False
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self._previous_handler: Any = None
 
     def _fire(self) -> None:
         with self._lock:
@@ -232,11 +233,17 @@ class _Watchdog:
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
 
     def __enter__(self) -> _Watchdog:
-        # only the main thread can be interrupted, and only while SIGINT raises KeyboardInterrupt
+        # only the main thread can be interrupted, and only while SIGINT raises KeyboardInterrupt; a
+        # process started in the background (nohup, a CI runner) inherits SIGINT ignored: Python's
+        # handler is put in place for the phase and the inherited one restored after it
+        handler = signal.getsignal(signal.SIGINT)
         usable = threading.current_thread() is threading.main_thread() and (
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            handler is signal.default_int_handler or handler == signal.SIG_IGN
         )
         if usable:
+            if handler == signal.SIG_IGN:
+                self._previous_handler = handler
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             self._active = True
             self._timer = threading.Timer(self.seconds, self._fire)
             self._timer.daemon = True
@@ -248,6 +255,9 @@ class _Watchdog:
             self._active = False
         if self._timer is not None:
             self._timer.cancel()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
 
 
 def run_phase(

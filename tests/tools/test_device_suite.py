@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +116,15 @@ def test_phase_runner_records_failures_and_overruns() -> None:
     overran = device_suite.run_phase("endless", endless, seconds=0.2, grace_s=0.3)
     assert overran["status"] == "timed out" and "endless ran past" in overran["error"]
     assert time.perf_counter() - started < 5
+
+    # started in the background (nohup, a CI runner) the process inherits SIGINT ignored: still interrupted
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        overran = device_suite.run_phase("endless", endless, seconds=0.2, grace_s=0.3)
+        assert overran["status"] == "timed out"
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the inherited handler is restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_missing_packages_stop_the_suite_with_one_line(
